@@ -1,0 +1,381 @@
+"""Engine events and operator intents: plain, frozen, serializable dataclasses.
+
+Every event the engine emits is also one journal record (``to_record``), and the same
+records travel over the engine socket, so a console attached later can rebuild exactly
+what a console attached from the start saw.  Intents are what an operator asks for.
+
+This module must stay importable without textual or rich (see tests/test_import_hygiene.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+PROTOCOL_VERSION = 1
+
+# verdicts of one gate in one check
+PASS = "pass"
+FAIL = "fail"
+INCONCLUSIVE = "inconclusive"
+ERROR = "error"
+VERDICTS = (PASS, FAIL, INCONCLUSIVE, ERROR)
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Operator:
+    """Who asked for something: $USER plus the SSH client, when there is one."""
+
+    user: str
+    ssh_client: str | None = None
+    host: str = ""
+
+    @classmethod
+    def current(cls) -> Operator:
+        user = os.environ.get("USER") or os.environ.get("LOGNAME")
+        if not user:
+            try:
+                user = getpass.getuser()
+            except (KeyError, OSError):
+                user = f"uid{os.getuid()}"
+        ssh = os.environ.get("SSH_CONNECTION", "").split()
+        return cls(user=user, ssh_client=ssh[0] if ssh else None, host=socket.gethostname())
+
+    def label(self) -> str:
+        return f"{self.user}@{self.ssh_client}" if self.ssh_client else self.user
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One gate judged on one check.
+
+    ``gate`` names it (``error_rate``, ``critical_error_rate``, ``p95_latency.fast``,
+    ``schema_failures``, ``rl_loss``, ``health``, ``seq.errors`` ...).  ``critical`` means a
+    FAIL rolls back at once; a non-critical FAIL rolls back once it has held for
+    ``consecutive_failures`` checks.  ``extra`` carries gate-specific figures (the
+    production value, e-values, bounds) and must stay JSON-serializable.
+    """
+
+    gate: str
+    verdict: str
+    value: float | None = None
+    threshold: float | None = None
+    window: str = ""
+    samples: int | None = None
+    critical: bool = False
+    detail: str = ""
+    production_value: float | None = None
+    blocking: bool = True  # False: INCONCLUSIVE/ERROR here never holds a stage (advisory gates)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _clean(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GateResult:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# --------------------------------------------------------------------------- events
+
+_EVENT_TYPES: dict[str, type[Event]] = {}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """Base of every engine event.  ``kind`` is the wire/journal name."""
+
+    kind: ClassVar[str] = "event"
+    ts: str = field(default_factory=utc_now_iso)
+    deployment_id: str = ""
+    version: str = ""
+    dry_run: bool = False
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        _EVENT_TYPES[cls.kind] = cls
+
+    def to_record(self) -> dict[str, Any]:
+        d = {"event": self.kind}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, tuple) and v and isinstance(v[0], GateResult):
+                v = [g.to_dict() for g in v]
+            elif isinstance(v, Operator):
+                v = dataclasses.asdict(v)
+            elif dataclasses.is_dataclass(v):
+                v = dataclasses.asdict(v)
+            elif isinstance(v, tuple):
+                v = list(v)
+            d[f.name] = v
+        return _clean(d)
+
+
+def event_from_record(rec: dict[str, Any]) -> Event | None:
+    """Rebuild an event from a journal/wire record; None for an unknown kind."""
+    cls = _EVENT_TYPES.get(rec.get("event", ""))
+    if cls is None:
+        return None
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in rec:
+            continue
+        v = rec[f.name]
+        if f.name == "results" and isinstance(v, list):
+            v = tuple(GateResult.from_dict(g) for g in v)
+        elif f.name == "operator" and isinstance(v, dict):
+            v = Operator(**v)
+        elif isinstance(v, list):
+            v = tuple(v)
+        kwargs[f.name] = v
+    try:
+        return cls(**kwargs)
+    except TypeError:
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeploymentStarted(Event):
+    kind: ClassVar[str] = "deployment_started"
+    stages: tuple[int, ...] = ()
+    start_stage: int = 0
+    observation_period: float = 0.0
+    check_interval: float = 0.0
+    operator: Operator | None = None
+    resumed: bool = False
+    engine_pid: int = 0
+    engine_host: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouterIntent(Event):
+    """Written *before* the upstream file is touched."""
+
+    kind: ClassVar[str] = "router_intent"
+    weight: int = 0
+    previous_weight: int | None = None
+    generation: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouterApplied(Event):
+    """Written once nginx verifiably serves ``weight`` (or, dry run, would have)."""
+
+    kind: ClassVar[str] = "router_applied"
+    weight: int = 0
+    generation: str = ""
+    duration_ms: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouterFailed(Event):
+    kind: ClassVar[str] = "router_failed"
+    weight: int = 0
+    generation: str = ""
+    error: str = ""
+    restored_weight: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageStarted(Event):
+    kind: ClassVar[str] = "stage_started"
+    index: int = 0
+    weight: int = 0
+    total: int = 0
+    observation_period: float = 0.0
+    min_period: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckCompleted(Event):
+    """One check: every gate's result and what the engine made of it."""
+
+    kind: ClassVar[str] = "check"
+    index: int = 0
+    weight: int = 0
+    elapsed: float = 0.0  # observation seconds elapsed in this stage (clock stops when paused)
+    remaining: float = 0.0
+    results: tuple[GateResult, ...] = ()
+    breaches: dict[str, int] = field(default_factory=dict)  # gate -> consecutive count
+    consecutive_failures: int = 0
+    unavailable: int = 0
+    decision: str = "continue"  # continue | rollback | hold | extend
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageExtended(Event):
+    kind: ClassVar[str] = "stage_extended"
+    index: int = 0
+    weight: int = 0
+    reason: str = ""
+    until: float = 0.0  # observation seconds the stage may now last
+
+
+@dataclass(frozen=True, kw_only=True)
+class StagePassed(Event):
+    kind: ClassVar[str] = "stage_passed"
+    index: int = 0
+    weight: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Holding(Event):
+    """The engine waits for the operator: inconclusive data, missing metrics."""
+
+    kind: ClassVar[str] = "holding"
+    index: int = 0
+    weight: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class OperatorAction(Event):
+    """An intent accepted (or refused) by the engine, with who asked."""
+
+    kind: ClassVar[str] = "operator_action"
+    action: str = ""
+    operator: Operator | None = None
+    detail: str = ""
+    accepted: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class Paused(Event):
+    kind: ClassVar[str] = "paused"
+    index: int = 0
+    weight: int = 0
+    remaining: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resumed(Event):
+    kind: ClassVar[str] = "resumed"
+    index: int = 0
+    weight: int = 0
+    remaining: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RollbackStarted(Event):
+    kind: ClassVar[str] = "rollback_started"
+    reason: str = ""
+    automatic: bool = True
+    index: int = 0
+    weight: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RolledBack(Event):
+    """Traffic is at 0% canary; ``snapshot`` is the last value of every gate."""
+
+    kind: ClassVar[str] = "rolled_back"
+    reason: str = ""
+    automatic: bool = True
+    index: int = 0
+    from_weight: int = 0
+    snapshot: tuple[GateResult, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Completed(Event):
+    """The canary takes 100% of the traffic."""
+
+    kind: ClassVar[str] = "completed"
+    index: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Promoted(Event):
+    kind: ClassVar[str] = "promoted"
+    operator: Operator | None = None
+    approvals: tuple[str, ...] = ()
+    forced: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Interrupted(Event):
+    kind: ClassVar[str] = "interrupted"
+    index: int = 0
+    weight: int = 0
+    signal: str = ""
+    resume_command: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Failed(Event):
+    """The deployment could not go on (router failure, precondition)."""
+
+    kind: ClassVar[str] = "failed"
+    reason: str = ""
+    index: int = 0
+    weight: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Note(Event):
+    """Anything else worth a line in the event log and the journal."""
+
+    kind: ClassVar[str] = "note"
+    level: str = "info"  # info | warning | error
+    message: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- intents
+
+INTENT_ACTIONS = ("advance", "pause", "resume", "step_back", "rollback", "promote", "take_over")
+
+
+@dataclass(frozen=True)
+class Intent:
+    """What an operator asks the engine to do."""
+
+    action: str
+    operator: Operator
+    reason: str = ""
+    approvals: tuple[str, ...] = ()
+    protocol: int = PROTOCOL_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["approvals"] = list(self.approvals)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Intent:
+        if d.get("action") not in INTENT_ACTIONS:
+            raise ValueError(f"unknown action {d.get('action')!r}; allowed: {', '.join(INTENT_ACTIONS)}")
+        op = d.get("operator")
+        if not isinstance(op, dict) or not isinstance(op.get("user"), str):
+            raise ValueError("intent has no operator identity")
+        return cls(
+            action=d["action"],
+            operator=Operator(user=op["user"], ssh_client=op.get("ssh_client"), host=op.get("host", "")),
+            reason=str(d.get("reason", ""))[:500],
+            approvals=tuple(str(a) for a in d.get("approvals", ()))[:20],
+            protocol=int(d.get("protocol", 0)),
+        )
+
+
+def _clean(v: Any) -> Any:
+    """Make a value JSON-safe: NaN/Inf become None (JSON has no NaN)."""
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_clean(x) for x in v]
+    return v
