@@ -135,7 +135,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
 }
 
 CHOICES = {
-    ("metrics", "source"): ("prometheus", "scrape"),
+    ("metrics", "source"): ("prometheus", "scrape", "none"),
     ("gates", "on_inconclusive"): ("hold", "rollback"),
     ("gates", "on_metrics_unavailable"): ("hold", "rollback"),
 }
@@ -216,7 +216,7 @@ def _where(path: Path | None, origin: str) -> str:
     return origin
 
 
-def _coerce(section: str, key: str, typ: str, v: Any, where: str) -> Any:
+def _coerce(section: str, key: str, typ: str, v: Any, where: str, env: bool = False) -> Any:
     name = f"[{section}] {key}" if where.endswith((".toml", "canary.toml")) or "/" in where else key
     allowed = {
         "int": "an integer",
@@ -229,7 +229,7 @@ def _coerce(section: str, key: str, typ: str, v: Any, where: str) -> Any:
         "duration": 'a duration such as 300, "30s" or "5m"',
     }[typ]
     bad = ConfigError(f"{where}: {name} = {v!r} is not valid; allowed: {allowed}")
-    from_env = isinstance(v, str) and typ not in ("str", "duration")
+    from_env = env and isinstance(v, str) and typ not in ("str", "duration")
     try:
         if typ == "int":
             if from_env:
@@ -333,7 +333,7 @@ def load_config(
     for var, (section, key) in ENV_MAP.items():
         if var in env:
             origin = str(ef) if (var in dotenv_keys and var not in environ) else "environment"
-            values[section][key] = _coerce(section, key, SCHEMA[section][key][0], env[var], f"{origin}: {var}")
+            values[section][key] = _coerce(section, key, SCHEMA[section][key][0], env[var], f"{origin}: {var}", env=True)
 
     for (section, key), v in (overrides or {}).items():
         if v is None:

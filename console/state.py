@@ -97,6 +97,8 @@ def apply(s: DeploymentState, e: ev.Event) -> DeploymentState:
             engine_host=e.engine_host,
         )
     if isinstance(e, ev.RouterIntent):
+        if e.reason.startswith("rollback"):
+            return replace(s, pending_weight=e.weight, state=ROLLING_BACK, reason=e.reason.removeprefix("rollback: "))
         return replace(s, pending_weight=e.weight)
     if isinstance(e, ev.RouterApplied):
         return replace(s, weight=e.weight, pending_weight=None)

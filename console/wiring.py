@@ -1,0 +1,95 @@
+"""Builds the real adapters and the engine from a Config.  The only place that knows which
+adapter serves which protocol, so tests can build an Engine with fakes instead."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import events as ev
+from .clock import Clock, RealClock
+from .config import Config
+from .engine import Engine, Settings
+from .journal import Journal
+from .protocols import Checker, MetricSource, TrafficRouter
+
+
+def build_router(cfg: Config) -> TrafficRouter:
+    from .router import NginxRouter
+
+    return NginxRouter.from_config(cfg)
+
+
+def build_source(cfg: Config, clock: Clock) -> MetricSource | None:
+    if cfg["metrics"]["source"] == "none":
+        return None
+    from .metrics import build_source as _build
+
+    return _build(cfg, clock)
+
+
+def build_checkers(cfg: Config, clock: Clock) -> tuple[list[Checker], MetricSource | None]:
+    source = build_source(cfg, clock)
+    if source is None:
+        return [], None
+    from .gates import MetricGates
+
+    checkers: list[Checker] = [MetricGates(cfg, source)]
+    if cfg["analysis"]["enabled"]:
+        from .analysis import SequentialChecker
+
+        checkers.append(SequentialChecker(cfg, source, clock))
+    return checkers, source
+
+
+def build_engine(
+    cfg: Config,
+    version: str,
+    *,
+    journal: Journal,
+    clock: Clock | None = None,
+    router: TrafficRouter | None = None,
+    checkers: Sequence[Checker] | None = None,
+    dry_run: bool = False,
+    start_index: int = 0,
+    deployment_id: str | None = None,
+    resumed: bool = False,
+    stay_at_100: bool = False,
+    operator: ev.Operator | None = None,
+    listeners: Sequence[Callable[[ev.Event], object]] = (),
+) -> Engine:
+    from .health import HttpHealth
+
+    clock = clock or RealClock()
+    if checkers is None:
+        checkers, _ = build_checkers(cfg, clock)
+    settings = Settings.from_config(cfg, dry_run=dry_run, stay_at_100=stay_at_100)
+    engine = Engine(
+        settings,
+        version=version,
+        router=router or build_router(cfg),
+        journal=journal,
+        clock=clock,
+        checkers=checkers,
+        health=HttpHealth(),
+        operator=operator,
+        deployment_id=deployment_id,
+        start_index=start_index,
+        resumed=resumed,
+        listeners=listeners,
+    )
+    if cfg["metrics"]["source"] == "none":
+        engine.add_listener(_warn_once(engine))
+    return engine
+
+
+def _warn_once(engine: Engine) -> Callable[[ev.Event], Any]:
+    done = False
+
+    def fn(e: ev.Event) -> None:
+        nonlocal done
+        if not done and isinstance(e, ev.DeploymentStarted):
+            done = True
+            engine._note("warning", "[metrics] source = \"none\": stages are judged on canary health only")
+
+    return fn

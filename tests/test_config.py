@@ -1,0 +1,69 @@
+"""Configuration: precedence, and one clear line for every bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from console.config import ConfigError, load_config
+
+
+def write(tmp_path, text: str):
+    (tmp_path / "nginx" / "conf.d").mkdir(parents=True, exist_ok=True)
+    p = tmp_path / "canary.toml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_are_the_seeds(tmp_path):
+    cfg = load_config(write(tmp_path, ""), environ={})
+    assert cfg.stages == [1, 5, 25, 100]
+    assert cfg["rollout"]["observation_period"] == 900 and cfg["rollout"]["check_interval"] == 15
+    assert cfg.p95_thresholds == {"fast": 2.5, "balanced": 3.2, "creative": 4.5}
+    assert cfg["gates"]["error_rate"] == 0.005 and cfg["gates"]["critical_error_rate"] == 0.01
+    assert cfg.upstream_file == tmp_path / "nginx/conf.d/upstream.conf"
+
+
+def test_precedence_cli_over_env_over_dotenv_over_toml(tmp_path):
+    p = write(tmp_path, '[prometheus]\nurl = "http://toml:9090"\n[rollout]\nobservation_period = 100\n')
+    (tmp_path / ".env").write_text("PROMETHEUS_URL=http://dotenv:9090\nCANARY_OBSERVATION_PERIOD=200\n")
+    cfg = load_config(p, environ={})
+    assert cfg["prometheus"]["url"] == "http://dotenv:9090" and cfg["rollout"]["observation_period"] == 200
+    cfg = load_config(p, environ={"PROMETHEUS_URL": "http://env:9090"})
+    assert cfg["prometheus"]["url"] == "http://env:9090"
+    cfg = load_config(p, environ={"CANARY_OBSERVATION_PERIOD": "300"}, overrides={("rollout", "observation_period"): 30})
+    assert cfg["rollout"]["observation_period"] == 30
+    assert cfg.env["CANARY_OBSERVATION_PERIOD"] == "300"
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("[rollout]\nstages = [1, 5, 25]\n", "stages"),
+        ("[rollout]\nstages = [5, 1, 100]\n", "strictly increasing"),
+        ("[rollout]\nstages = [0, 50, 100]\n", "1..100"),
+        ("[rollout]\nstages = [1, 5, 5, 100]\n", "strictly increasing"),
+        ("[rollout]\nstages = [1, 5, 101]\n", "ending at 100"),
+        ("[rollout]\nstages = \"1,5,100\"\n", "a list of integers"),
+        ("[rollout]\nobservation_priod = 5\n", "unknown key [rollout] observation_priod"),
+        ("[rolout]\n", "unknown section [rolout]"),
+        ("[rollout]\ncheck_interval = \"fast\"\n", "a number"),
+        ("[gates.p95_latency]\nturbo = 1.0\n", "unknown key [gates.p95_latency] turbo"),
+        ("[metrics]\nsource = \"graphite\"\n", "prometheus or scrape"),
+        ("[nginx]\ntest_command = \"nginx -t\"\n", "a list of strings"),
+        ("[nginx]\nupstream_file = \"missing/dir/upstream.conf\"\n", "does not exist"),
+        ("not toml [", "not valid TOML"),
+    ],
+)
+def test_bad_config_is_one_clear_line(tmp_path, text, needle):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p, environ={})
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg
+    assert str(p) in msg or "TOML" in msg
+
+
+def test_bad_env_value_names_the_variable(tmp_path):
+    p = write(tmp_path, "")
+    with pytest.raises(ConfigError, match="CANARY_OBSERVATION_PERIOD"):
+        load_config(p, environ={"CANARY_OBSERVATION_PERIOD": "soon"})
