@@ -139,6 +139,7 @@ class Engine:
         resumed: bool = False,
         listeners: Sequence[Callable[[ev.Event], object]] = (),
         on_promote: Callable[[Intent], Awaitable[ev.Event | None]] | None = None,
+        startup_notes: Sequence[tuple[str, str]] = (),
     ) -> None:
         if not 0 <= start_index < len(settings.stages):
             raise ValueError(f"start_index {start_index} is not a stage index")
@@ -154,6 +155,7 @@ class Engine:
         self.start_index = start_index
         self.resumed = resumed
         self.on_promote = on_promote
+        self.startup_notes = list(startup_notes)
         self.state = DeploymentState()
         self._listeners: list[Callable[[ev.Event], object]] = list(listeners)
         self._queues: list[asyncio.Queue[ev.Event]] = []
@@ -235,6 +237,8 @@ class Engine:
             engine_pid=os.getpid(),
             engine_host=socket.gethostname(),
         )
+        for level, message in self.startup_notes:
+            self._note(level, message)
         try:
             code = await self._run()
         except _Rollback as rb:

@@ -4,7 +4,6 @@ adapter serves which protocol, so tests can build an Engine with fakes instead."
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from . import events as ev
 from .clock import Clock, RealClock
@@ -77,19 +76,7 @@ def build_engine(
         start_index=start_index,
         resumed=resumed,
         listeners=listeners,
+        startup_notes=[("warning", '[metrics] source = "none": stages are judged on canary health only')]
+        if cfg["metrics"]["source"] == "none" else [],
     )
-    if cfg["metrics"]["source"] == "none":
-        engine.add_listener(_warn_once(engine))
     return engine
-
-
-def _warn_once(engine: Engine) -> Callable[[ev.Event], Any]:
-    done = False
-
-    def fn(e: ev.Event) -> None:
-        nonlocal done
-        if not done and isinstance(e, ev.DeploymentStarted):
-            done = True
-            engine._note("warning", "[metrics] source = \"none\": stages are judged on canary health only")
-
-    return fn
