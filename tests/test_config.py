@@ -67,3 +67,23 @@ def test_bad_env_value_names_the_variable(tmp_path):
     p = write(tmp_path, "")
     with pytest.raises(ConfigError, match="CANARY_OBSERVATION_PERIOD"):
         load_config(p, environ={"CANARY_OBSERVATION_PERIOD": "soon"})
+
+
+def test_example_config_documents_every_key_with_its_default(tmp_path):
+    import tomllib
+    from pathlib import Path
+
+    from console.config import SCHEMA
+
+    example = Path(__file__).parents[1] / "canary.toml.example"
+    data = tomllib.loads(example.read_text())
+    flat = {}
+    for section, body in data.items():
+        for k, v in body.items():
+            if isinstance(v, dict):
+                flat.update({(f"{section}.{k}", k2): v2 for k2, v2 in v.items()})
+            else:
+                flat[(section, k)] = v
+    assert set(flat) == {(s, k) for s, keys in SCHEMA.items() for k in keys}
+    for (s, k), v in flat.items():
+        assert v == SCHEMA[s][k][1], (s, k)
