@@ -1,0 +1,422 @@
+"""NginxRouter against a real nginx (2 workers) in front of real backends on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from console.config import load_config
+from console.nginx_local import LocalNginx
+from console.protocols import RouterError
+from console.router import NginxRouter, RouterNotVerified, render_upstream, weight_of
+from tests.fixtures.backends import Backends
+from tests.fixtures.nginx import INITIAL_GENERATION, NginxEnv, start_nginx_env, write_canary_toml
+from tests.fixtures.real import free_port, need, need_binary, port_listening
+
+pytestmark = pytest.mark.real
+
+PY = sys.executable
+
+
+def _fail_command(message: str) -> list[str]:
+    """A stand-in `nginx -t` that fails the way nginx does: its text on stderr, exit 1."""
+    return [PY, "-c", f"import sys; sys.stderr.write({message!r} + '\\n'); sys.exit(1)"]
+
+
+def _touch_command(marker: Path) -> list[str]:
+    return [PY, "-c", f"open({str(marker)!r}, 'w').close()"]
+
+
+@pytest.mark.parametrize("weight", [1, 5, 25])
+async def test_split_over_2000_requests_is_within_1_5_points(nginx_env: NginxEnv, weight: int) -> None:
+    router = nginx_env.router()
+    await router.apply(weight, f"split-{weight}")
+
+    split = await asyncio.to_thread(nginx_env.send, 2000)
+
+    assert split.other == 0, split
+    assert abs(split.canary_pct - weight) <= 1.5, split
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_ends_are_exact_right_after_apply_returns(tmp_path: Path, backends: Backends, workers: int) -> None:
+    """No waiting after apply(): old workers may still be alive, but must no longer take requests.
+
+    With one worker the kernel alternates new connections between the old and the new
+    worker during a reload, so a router that trusted the first new answer fails here."""
+    env = start_nginx_env(tmp_path, backends, worker_processes=workers)
+    try:
+        await _flip_ends(env)
+    finally:
+        env.nginx.stop()
+
+
+async def _flip_ends(nginx_env: NginxEnv) -> None:
+    router = nginx_env.router()
+    for i, weight in enumerate([25, 100, 0, 100, 0, 100]):
+        await router.apply(weight, f"ends-{i}")
+        split = await asyncio.to_thread(nginx_env.send, 100, "/", True)
+        assert split.other == 0, split
+        if weight == 0:
+            assert split.canary == 0, f"0% sent {split.canary} requests to the canary right after apply()"
+        elif weight == 100:
+            assert split.production == 0, f"100% sent {split.production} requests to production right after apply()"
+        assert nginx_env.served_generation() == f"ends-{i}"
+
+
+async def test_invalid_canary_address_keeps_old_file_and_traffic(nginx_env: NginxEnv) -> None:
+    await nginx_env.router().apply(25, "good")
+    before = nginx_env.upstream_file.read_bytes()
+    broken = nginx_env.router(canary="127.0.0.1:99999")
+
+    with pytest.raises(RouterError) as err:
+        await broken.apply(50, "bad")
+
+    assert "invalid port" in err.value.detail  # nginx's own words
+    assert "99999" in err.value.detail
+    assert err.value.restored_weight == 25
+    assert nginx_env.upstream_file.read_bytes() == before
+    assert nginx_env.served_generation() == "good"
+    split = await asyncio.to_thread(nginx_env.send, 400)
+    assert split.canary == 100 and split.production == 300, split
+
+
+async def test_failed_test_command_restores_file_exactly_and_does_not_reload(nginx_env: NginxEnv) -> None:
+    await nginx_env.router().apply(5, "before")
+    os.chmod(nginx_env.upstream_file, 0o640)
+    before = nginx_env.upstream_file.read_bytes()
+    reloaded = nginx_env.dir / "reloaded"
+    router = nginx_env.router(
+        test_command=_fail_command("nginx: [emerg] unexpected end of file in upstream.conf:9"),
+        reload_command=_touch_command(reloaded),
+    )
+
+    with pytest.raises(RouterError) as err:
+        await router.apply(100, "after")
+
+    assert "unexpected end of file in upstream.conf:9" in err.value.detail
+    assert "unexpected end of file" in str(err.value)
+    assert nginx_env.upstream_file.read_bytes() == before
+    assert nginx_env.upstream_file.stat().st_mode & 0o777 == 0o640
+    assert not reloaded.exists(), "reload_command ran although the test failed"
+    assert [p.name for p in nginx_env.upstream_file.parent.iterdir()] == ["upstream.conf"]  # no temp file left
+    assert nginx_env.served_generation() == "before"
+    assert router.current_weight() == 5
+
+
+async def test_failed_test_without_previous_file_removes_the_new_one(tmp_path: Path) -> None:
+    upstream = tmp_path / "conf.d" / "upstream.conf"
+    upstream.parent.mkdir()
+    reloaded = tmp_path / "reloaded"
+    router = NginxRouter(
+        upstream, "fragrance_app", "127.0.0.1:8000", "127.0.0.1:8001",
+        _fail_command("nginx: [emerg] no such upstream"), _touch_command(reloaded), "",
+    )
+
+    with pytest.raises(RouterError) as err:
+        await router.apply(25, "g1")
+
+    assert "no such upstream" in err.value.detail
+    assert err.value.restored_weight is None
+    assert list(upstream.parent.iterdir()) == []
+    assert not reloaded.exists()
+    assert router.current_weight() is None
+
+
+async def test_failed_reload_puts_the_old_file_back(nginx_env: NginxEnv) -> None:
+    await nginx_env.router().apply(1, "one")
+    before = nginx_env.upstream_file.read_bytes()
+    router = nginx_env.router(reload_command=_fail_command('nginx: [error] invalid PID number "" in "/run/nginx.pid"'))
+
+    with pytest.raises(RouterError) as err:
+        await router.apply(0, "zero")
+
+    assert "invalid PID number" in err.value.detail
+    assert nginx_env.upstream_file.read_bytes() == before
+    assert router.current_weight() == 1
+
+
+async def test_apply_waits_until_nginx_serves_the_new_generation(nginx_env: NginxEnv) -> None:
+    """A reload that only takes effect later: apply() must not return before nginx serves it."""
+    delay = 0.4
+    pid_file = nginx_env.nginx.pid_file
+    late_reload = [
+        PY, "-c",
+        "import os, signal, sys, time\n"
+        "if os.fork() == 0:\n"
+        "    null = os.open(os.devnull, os.O_RDWR)\n"
+        "    for fd in (0, 1, 2):\n"
+        "        os.dup2(null, fd)  # let the command itself return at once\n"
+        f"    time.sleep({delay}); os.kill(int(open({str(pid_file)!r}).read()), signal.SIGHUP); os._exit(0)\n",
+    ]
+    router = nginx_env.router(reload_command=late_reload)
+
+    started = time.monotonic()
+    await router.apply(100, "late")
+    took = time.monotonic() - started
+
+    assert router.last_timings["reload"] < delay / 2  # the reload command returned early ...
+    assert took >= delay  # ... but apply() waited for nginx
+    assert nginx_env.served_generation() == "late"
+    split = await asyncio.to_thread(nginx_env.send, 100)
+    assert split.production == 0 and split.canary == 100, split
+
+
+async def test_verification_times_out_when_nginx_never_serves_it(nginx_env: NginxEnv) -> None:
+    router = nginx_env.router(reload_command=[PY, "-c", "pass"], verify_timeout=0.3)
+
+    with pytest.raises(RouterNotVerified) as err:
+        await router.apply(25, "never")
+
+    assert INITIAL_GENERATION in err.value.detail  # what nginx kept answering
+    assert "never" in str(err.value)
+    assert err.value.restored_weight is None and router.current_weight() == 25  # the new file stays
+    assert nginx_env.served_generation() == INITIAL_GENERATION
+
+
+async def test_verification_fails_when_nothing_listens(tmp_path: Path) -> None:
+    upstream = tmp_path / "upstream.conf"
+    port = free_port()
+    router = NginxRouter(
+        upstream, "fragrance_app", "127.0.0.1:8000", "127.0.0.1:8001", [PY, "-c", "pass"], [PY, "-c", "pass"],
+        f"http://127.0.0.1:{port}/__canary/generation", verify_timeout=0.2,
+    )
+    with pytest.raises(RouterError) as err:
+        await router.apply(0, "g")
+    assert "ConnectionRefusedError" in err.value.detail
+
+
+async def test_current_weight_reads_the_file(nginx_env: NginxEnv) -> None:
+    router = nginx_env.router()
+    assert router.current_weight() == 0  # the fixture's initial file
+    for weight in (1, 5, 25, 100, 0):
+        await router.apply(weight, f"w{weight}")
+        assert router.current_weight() == weight
+        assert router.current_generation() == f"w{weight}"
+
+
+def test_current_weight_of_missing_foreign_and_hand_written_files(tmp_path: Path) -> None:
+    f = tmp_path / "upstream.conf"
+    router = NginxRouter(f, "fragrance_app", "app:8000", "app-canary:8001", ["nginx", "-t"], ["nginx", "-s", "reload"], "")
+    assert router.current_weight() is None
+    # the seed's hand-written style: both servers, plain weights, comments
+    f.write_text("upstream fragrance_app {\n  server app:8000 weight=95;  # prod\n  server app-canary:8001 weight=5;\n}\n")
+    assert router.current_weight() == 5
+    f.write_text("upstream fragrance_app {\n  server app:8000;\n  server app-canary:8001 down;\n}\n")
+    assert router.current_weight() == 0
+    f.write_text("upstream other {\n  server app:8000;\n}\n")
+    assert router.current_weight() is None
+    f.write_text("upstream fragrance_app {\n  server 10.0.0.9:8000;\n}\n")
+    assert router.current_weight() is None
+    f.write_text("not nginx at all {{{")
+    assert router.current_weight() is None
+    assert weight_of(render_upstream("u", "a:1", "b:2", 37, "g"), "u", "a:1", "b:2") == 37
+
+
+@pytest.mark.parametrize("weight", [-1, 101, 5.0, True, "25", None])
+async def test_weight_must_be_an_int_0_to_100(tmp_path: Path, weight: object) -> None:
+    f = tmp_path / "upstream.conf"
+    router = NginxRouter(f, "fragrance_app", "a:1", "b:2", _fail_command("must not run"), _fail_command("must not run"), "")
+    with pytest.raises(ValueError, match="0..100"):
+        await router.apply(weight, "g")  # type: ignore[arg-type]
+    assert not f.exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"canary": "b:2; include /etc/passwd"}, r"\[nginx\] canary"),
+        ({"production": ""}, r"\[nginx\] production"),
+        ({"upstream_name": "a b"}, r"\[nginx\] upstream_name"),
+        ({"verify_url": "https://x/__canary/generation"}, r"\[nginx\] verify_url"),
+        ({"test_command": []}, r"\[nginx\] test_command"),
+    ],
+)
+def test_bad_settings_get_one_clear_line(tmp_path: Path, kwargs: dict[str, object], match: str) -> None:
+    args: dict[str, object] = {
+        "upstream_file": tmp_path / "u.conf", "upstream_name": "fragrance_app", "production": "a:1", "canary": "b:2",
+        "test_command": ["nginx", "-t"], "reload_command": ["nginx", "-s", "reload"], "verify_url": "",
+    }
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        NginxRouter(**args)  # type: ignore[arg-type]
+
+
+async def test_generation_is_validated(tmp_path: Path) -> None:
+    router = NginxRouter(tmp_path / "u.conf", "u", "a:1", "b:2", ["true"], ["true"], "")
+    with pytest.raises(ValueError, match="generation"):
+        await router.apply(5, 'x";\n}')
+
+
+async def test_from_config_drives_the_real_nginx(nginx_env: NginxEnv, tmp_path: Path) -> None:
+    toml = write_canary_toml(tmp_path / "cfg" / "canary.toml", nginx_env, rollout={"stages": [5, 100]})
+    cfg = load_config(toml, environ={})
+    router = NginxRouter.from_config(cfg)
+
+    seconds = await router.apply(100, "from-config")
+
+    assert seconds > 0
+    assert cfg.stages == [5, 100]
+    assert router.upstream_file == nginx_env.upstream_file
+    assert nginx_env.served_generation() == "from-config"
+    split = await asyncio.to_thread(nginx_env.send, 50)
+    assert split.canary == 50, split
+
+
+def test_access_log_records_upstream_status_and_time(nginx_env: NginxEnv) -> None:
+    nginx_env.send(3)
+    lines = nginx_env.access_log.read_text().splitlines()
+    assert len(lines) == 3
+    assert all(f"upstream={nginx_env.production}" in ln for ln in lines), lines
+    assert all('"GET / HTTP/1.1" 200 ' in ln and " rt=" in ln and f"gen={INITIAL_GENERATION}" in ln for ln in lines), lines
+
+
+def test_generation_location_is_loopback_only(nginx_env: NginxEnv) -> None:
+    conf = nginx_env.nginx.conf_path.read_text()
+    block = conf[conf.index("location = /__canary/generation"):]
+    block = block[: block.index("}")]
+    assert "allow 127.0.0.1;" in block and "deny all;" in block
+
+
+def test_stop_leaves_no_nginx_process(tmp_path: Path, backends: Backends) -> None:
+    env = start_nginx_env(tmp_path, backends)
+    master = env.nginx.pid
+    assert master is not None
+    workers = _children(master)
+    assert len(workers) == 2, workers
+    port = env.nginx.listen_port
+
+    env.nginx.stop()
+
+    for pid in [master, *workers]:
+        assert not Path(f"/proc/{pid}").exists() or _is_zombie_of_init(pid), f"nginx process {pid} outlived stop()"
+    assert not port_listening(port)
+    env.nginx.stop()  # idempotent
+
+
+def test_stop_kills_a_master_that_ignores_quit(tmp_path: Path, backends: Backends) -> None:
+    """A wedged master (SIGSTOP: QUIT is never handled) is killed with its workers and reaped."""
+    import signal
+
+    env = start_nginx_env(tmp_path, backends)
+    master = env.nginx.pid
+    assert master is not None
+    workers = _children(master)
+    os.kill(master, signal.SIGSTOP)
+
+    env.nginx.stop(timeout=0.3)
+
+    for pid in [master, *workers]:
+        assert not Path(f"/proc/{pid}").exists() or _is_zombie_of_init(pid), f"nginx process {pid} outlived stop()"
+
+
+def test_start_reports_nginx_error(tmp_path: Path) -> None:
+    need_binary("nginx")
+    bad = tmp_path / "upstream.conf"
+    bad.write_text("upstream fragrance_app { server 127.0.0.1:99999; }\n")
+    nginx = LocalNginx(tmp_path / "prefix", free_port(), bad)
+    with pytest.raises(RuntimeError, match="invalid port"):
+        nginx.start()
+    assert nginx.pid is None
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def _is_zombie_of_init(pid: int) -> bool:
+    """A killed worker re-parented to init is gone for every purpose but init's bookkeeping."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return True
+    return fields[0] == "Z"
+
+
+_NON_ROOT_CHILD = r"""
+import json, os, subprocess, sys, time, urllib.request
+sys.path.insert(0, sys.argv[1])
+from nginx_local import LocalNginx
+base, port = sys.argv[2], int(sys.argv[3])
+up = os.path.join(base, "upstream.conf")
+def write(gen):
+    with open(up, "w") as f:
+        f.write('upstream fragrance_app { server 127.0.0.1:9; }\nmap $host $canary_generation { default "%s"; }\n' % gen)
+write("one")
+n = LocalNginx(os.path.join(base, "prefix"), port, up)
+n.start()
+try:
+    first = urllib.request.urlopen(n.verify_url, timeout=5).read().decode().strip()
+    write("two")
+    test = subprocess.run(n.test_command, capture_output=True, text=True)
+    reload = subprocess.run(n.reload_command, capture_output=True, text=True)
+    deadline, second = time.monotonic() + 5, ""
+    while second != "two" and time.monotonic() < deadline:
+        second = urllib.request.urlopen(n.verify_url, timeout=5).read().decode().strip()
+    print(json.dumps({"second": second, "euid": os.geteuid(), "master": n.pid, "first": first, "test_rc": test.returncode,
+                      "test_out": test.stdout + test.stderr, "reload_rc": reload.returncode}))
+finally:
+    n.stop()
+"""
+
+
+def test_local_nginx_runs_as_non_root(tmp_path: Path) -> None:
+    """As root, run the sandbox as `nobody` (stdlib only: nginx_local.py copied next to it)."""
+    import json
+    import pwd
+    import shutil
+    import subprocess
+    import tempfile
+
+    need_binary("nginx")
+    user = None
+    base = Path(tempfile.mkdtemp(prefix="canary-nonroot-"))
+    try:
+        if os.geteuid() == 0:
+            user = "nobody"
+            pw = pwd.getpwnam(user)
+            os.chown(base, pw.pw_uid, pw.pw_gid)
+        shutil.copy(Path(__file__).resolve().parent.parent / "console" / "nginx_local.py", base / "nginx_local.py")
+        os.chmod(base / "nginx_local.py", 0o644)
+        python = _python_for(user)
+        r = subprocess.run(
+            [python, "-c", _NON_ROOT_CHILD, str(base), str(base), str(free_port())],
+            capture_output=True, text=True, timeout=60, user=user, cwd=str(base),
+        )
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["euid"] != 0
+        assert out["first"] == "one" and out["second"] == "two"
+        assert out["test_rc"] == 0 and out["reload_rc"] == 0, out["test_out"]
+        assert "Permission denied" not in out["test_out"]
+        assert not Path(f"/proc/{out['master']}").exists() or _is_zombie_of_init(out["master"])
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _python_for(user: str | None) -> str:
+    """A Python that ``user`` may execute (the venv's may live under /root); stdlib is enough."""
+    import subprocess
+
+    for candidate in (os.path.realpath(sys.executable), "/usr/bin/python3"):
+        try:
+            if subprocess.run([candidate, "-c", "pass"], user=user, capture_output=True, timeout=30).returncode == 0:
+                return candidate
+        except OSError:
+            continue
+    need("a Python runnable as a non-root user", False, "neither the venv's Python nor /usr/bin/python3 is executable")
+    raise AssertionError("unreachable")
