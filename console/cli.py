@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+NEEDS_UPSTREAM_DIR = ("deploy", "weights", "rollback", "promote", "check")
+
 LAZY = {
     "check": "console.precheck",
     "promote": "console.promote",
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides[("rollout", "observation_period")] = args.observation_period
         overrides[("rollout", "check_interval")] = args.check_interval
     try:
-        cfg = load_config(args.config, args.env_file, overrides, check_upstream_dir=args.command not in ("demo",))
+        cfg = load_config(args.config, args.env_file, overrides, check_upstream_dir=args.command in NEEDS_UPSTREAM_DIR)
     except ConfigError as e:
         print(f"canary-console: config error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -140,6 +140,7 @@ class Engine:
         listeners: Sequence[Callable[[ev.Event], object]] = (),
         on_promote: Callable[[Intent], Awaitable[ev.Event | None]] | None = None,
         startup_notes: Sequence[tuple[str, str]] = (),
+        services: Sequence[Any] = (),
     ) -> None:
         if not 0 <= start_index < len(settings.stages):
             raise ValueError(f"start_index {start_index} is not a stage index")
@@ -156,6 +157,7 @@ class Engine:
         self.resumed = resumed
         self.on_promote = on_promote
         self.startup_notes = list(startup_notes)
+        self.services = list(services)  # started when run() starts, closed when it ends (notifier)
         self.state = DeploymentState()
         self._listeners: list[Callable[[ev.Event], object]] = list(listeners)
         self._queues: list[asyncio.Queue[ev.Event]] = []
@@ -180,13 +182,16 @@ class Engine:
         self._listeners.append(fn)
 
     def _emit(self, cls: type[ev.Event], **kw: Any) -> ev.Event:
-        e = cls(
+        return self.publish(cls(
             ts=self.clock.utcnow().isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             deployment_id=self.deployment_id,
             version=self.version,
             dry_run=self.s.dry_run,
             **kw,
-        )
+        ))
+
+    def publish(self, e: ev.Event) -> ev.Event:
+        """Journal a ready-made event, fold it, and hand it to every consumer."""
         self.journal.append(e)  # durable before anyone acts on it
         self.state = apply(self.state, e)
         for q in list(self._queues):
@@ -225,6 +230,18 @@ class Engine:
 
     # ------------------------------------------------------------------ run
     async def run(self) -> int:
+        for svc in self.services:
+            svc.start()
+        try:
+            return await self._run_outer()
+        finally:
+            for svc in self.services:
+                try:
+                    await svc.aclose(5.0)
+                except Exception as exc:  # closing a service never changes the outcome
+                    self._note("warning", f"{type(svc).__name__} did not close cleanly: {exc}")
+
+    async def _run_outer(self) -> int:
         s = self.s
         self._emit(
             ev.DeploymentStarted,
@@ -361,7 +378,7 @@ class Engine:
                 wait = min(wait, st.limit - st.elapsed)
             await self._wait(wait)
 
-    def _handle_intents(self, st: _Stage | None) -> str | None:
+    def _handle_intents(self, st: _Stage | None) -> str | Intent | None:
         while self._intents:
             it = self._intents.pop(0)
             if isinstance(it, tuple):
@@ -378,14 +395,14 @@ class Engine:
     def _act(self, it: Intent, accepted: bool = True, detail: str = "") -> None:
         self._emit(ev.OperatorAction, action=it.action, operator=it.operator, detail=detail or it.reason, accepted=accepted)
 
-    def _apply_intent(self, it: Intent, st: _Stage | None) -> str | None:
+    def _apply_intent(self, it: Intent, st: _Stage | None) -> str | Intent | None:
         a = it.action
         if a == "rollback":
             self._act(it)
             raise _Rollback(it.reason or f"manual rollback by {it.operator.label()}", automatic=False)
         if st is None:  # at 100%
             if a == "promote":
-                return "promote"
+                return it
             self._act(it, False, f"{a} does nothing at 100%: promote or roll back")
             return None
         if a == "advance":
@@ -534,20 +551,24 @@ class Engine:
                 step = self._handle_intents(None)
             except _Stop:
                 return EXIT_OK
-            if step == "promote":
-                return await self._promote()
+            if isinstance(step, Intent):
+                return await self._promote(step)
             await self._wait(s.check_interval)
             if not self._intents:
                 await self._check(st)
 
-    async def _promote(self) -> int:
-        it = Intent("promote", self.operator)
-        if self.on_promote is not None:
-            e = await self.on_promote(it)
-            if e is not None:
-                return EXIT_OK
-        self._emit(ev.Promoted, operator=self.operator)
-        return EXIT_OK
+    async def _promote(self, it: Intent) -> int:
+        """Promote at 100%.  With an ``on_promote`` hook (console.promote), the hook decides
+        and journals; a refusal keeps the engine monitoring at 100%."""
+        if self.on_promote is None:
+            self._act(it)
+            self._emit(ev.Promoted, operator=it.operator, approvals=it.approvals, reason=it.reason)
+            return EXIT_OK
+        self._act(it)
+        done = await self.on_promote(it)
+        if done is not None:
+            return EXIT_OK
+        return await self._monitor_at_100(max(self.state.index, 0))
 
     # ------------------------------------------------------------------ rollback
     async def _rollback(self, reason: str, automatic: bool) -> int:

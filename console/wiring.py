@@ -4,6 +4,7 @@ adapter serves which protocol, so tests can build an Engine with fakes instead."
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import events as ev
 from .clock import Clock, RealClock
@@ -79,4 +80,41 @@ def build_engine(
         startup_notes=[("warning", '[metrics] source = "none": stages are judged on canary health only')]
         if cfg["metrics"]["source"] == "none" else [],
     )
+    attach_lifecycle(engine, cfg)
     return engine
+
+
+def attach_lifecycle(engine: Engine, cfg: Config) -> None:
+    """Alerts, the Docker rollback hook and promotion, each only when configured."""
+
+    def note(level: str, message: str, data: dict[str, Any] | None = None) -> None:
+        engine._note(level, message, **(data or {}))
+
+    from .notify import WebhookNotifier
+
+    notifier = WebhookNotifier.from_config(cfg, journal_note=note)
+    if notifier is not None:
+        engine.add_listener(notifier.submit)
+        engine.services.append(notifier)
+    if cfg["docker"]["enabled"]:
+        from .docker_adapter import DockerRollbackHook
+
+        engine.add_listener(DockerRollbackHook(cfg, cfg.journal_path.parent, note=note))
+
+    async def on_promote(intent: ev.Intent) -> ev.Event | None:
+        from . import promote
+        from .journal import read_records
+
+        decision = promote.evaluate(cfg, list(read_records(cfg.journal_path)), promote.clean_approvals(intent.approvals),
+                                    force=bool(intent.reason))
+        if not decision.ok or decision.deployment is None:
+            engine._note("warning", f"promote refused: {decision.message}")
+            return None
+        outcome = await promote.execute(cfg, decision.deployment, operator=intent.operator,
+                                        approvals=promote.clean_approvals(intent.approvals), forced=decision.forced,
+                                        reason=intent.reason, emit=engine.publish, router=engine.router)
+        if outcome.promoted is None:
+            engine._note("warning", f"promote failed: {outcome.message}")
+        return outcome.promoted
+
+    engine.on_promote = on_promote

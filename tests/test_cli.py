@@ -117,13 +117,18 @@ def test_headless_deploy_reaches_100_with_real_nginx(cfg, nginx_env):
     assert nginx_env.send(100).canary == 100
 
 
-def test_unhealthy_canary_exits_4_and_changes_nothing(cfg, nginx_env):
+@pytest.mark.parametrize("skip_checks", [False, True])
+def test_unhealthy_canary_exits_4_and_changes_nothing(cfg, nginx_env, skip_checks):
+    """Stopped by the pre-deployment checks, or (skipped) by the engine's own health check."""
     nginx_env.backends.canary.healthy = False
-    before = nginx_env.upstream_file.read_bytes()
-    r = run(cfg, "deploy", "--version", "v0.2.0", "--headless")
+    before = snapshot(nginx_env, cfg)[:2]
+    r = run(cfg, "deploy", "--version", "v0.2.0", "--headless", *(["--skip-checks"] if skip_checks else []))
     assert r.returncode == 4, r.stdout + r.stderr
-    assert "not healthy" in r.stdout
-    assert nginx_env.upstream_file.read_bytes() == before
+    if skip_checks:
+        assert "canary is not healthy before the first stage" in r.stdout
+    else:
+        assert "pre-deployment check(s) failed; nothing was changed" in r.stderr and "canary" in r.stderr
+    assert snapshot(nginx_env, cfg)[:2] == before
 
 
 def test_bad_version_and_start_stage_exit_2(cfg):
