@@ -131,7 +131,7 @@ def event_from_record(rec: dict[str, Any]) -> Event | None:
         if f.name not in rec:
             continue
         v = rec[f.name]
-        if f.name == "results" and isinstance(v, list):
+        if f.name in ("results", "snapshot") and isinstance(v, list):  # RolledBack.snapshot too
             v = tuple(GateResult.from_dict(g) for g in v)
         elif f.name == "operator" and isinstance(v, dict):
             v = Operator(**v)
