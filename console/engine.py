@@ -284,6 +284,7 @@ class Engine:
         while True:
             self._take_pending_interrupt()
             await self._set_weight(s.stages[idx], f"stage {idx + 1}/{len(s.stages)}")
+            await self._begin_stage(idx)
             self._emit(
                 ev.StageStarted, index=idx, weight=s.stages[idx], total=len(s.stages),
                 observation_period=s.observation_period, min_period=s.min_stage_time,
@@ -298,6 +299,21 @@ class Engine:
                 idx += 1
             else:  # "back"
                 idx -= 1
+
+    async def _begin_stage(self, idx: int) -> None:
+        """Checkers that prepare per stage (the analysis' MDE, the scrape sampler) say so in notes."""
+        ctx = CheckContext(deployment_id=self.deployment_id, version=self.version, index=idx, weight=self.s.stages[idx],
+                           stage_elapsed=0.0, stage_wall_start=self.clock.monotonic(), min_period=self.s.min_stage_time)
+        for c in self.checkers:
+            begin = getattr(c, "begin_stage", None)
+            if begin is None:
+                continue
+            try:
+                notes = await asyncio.wait_for(begin(ctx), max(5.0, self.s.check_interval))
+            except Exception as e:  # preparing is best effort; the checks still judge
+                notes = [{"level": "warning", "message": f"{type(c).__name__} could not prepare stage {idx + 1}: {e}"}]
+            for n in notes or ():
+                self._note(n.get("level", "info"), n.get("message", ""), **(n.get("data") or {}))
 
     def _take_pending_interrupt(self) -> None:
         for it in self._intents:
