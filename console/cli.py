@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--json", action="store_true", help="with --headless: JSON lines")
     dm.add_argument("--keep", action="store_true", help="keep the temporary directory")
     dm.add_argument("--source", choices=("auto", "prometheus", "scrape"), default="auto", help="metric source")
+    dm.add_argument("--port", type=int, metavar="PORT", help="nginx listen port on 127.0.0.1 (default: a free port)")
     return p
 
 
@@ -123,12 +124,15 @@ LAZY = {
     "replay": "console.replay",
     "watch": "console.ui.watch",
     "attach": "console.attach",
-    "demo": "console.demo",
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "demo":  # the sandbox writes its own config; never the operator's
+        from .demo import run as run_demo
+
+        return int(run_demo(args, None))
     overrides: dict[tuple[str, str], Any] = {}
     if args.command == "deploy":
         overrides[("rollout", "observation_period")] = args.observation_period

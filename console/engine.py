@@ -207,10 +207,10 @@ class Engine:
                     self._tasks.add(t)
                     t.add_done_callback(self._tasks.discard)
             except Exception as exc:  # a listener never breaks the rollout
-                self._note("warning", f"listener failed: {type(exc).__name__}: {exc}")
+                self.note("warning", f"listener failed: {type(exc).__name__}: {exc}")
         return e
 
-    def _note(self, level: str, message: str, **data: Any) -> None:
+    def note(self, level: str, message: str, **data: Any) -> None:
         self._emit(ev.Note, level=level, message=message, data=data)
 
     def submit(self, intent: Intent) -> None:
@@ -239,7 +239,7 @@ class Engine:
                 try:
                     await svc.aclose(5.0)
                 except Exception as exc:  # closing a service never changes the outcome
-                    self._note("warning", f"{type(svc).__name__} did not close cleanly: {exc}")
+                    self.note("warning", f"{type(svc).__name__} did not close cleanly: {exc}")
 
     async def _run_outer(self) -> int:
         s = self.s
@@ -255,7 +255,7 @@ class Engine:
             engine_host=socket.gethostname(),
         )
         for level, message in self.startup_notes:
-            self._note(level, message)
+            self.note(level, message)
         try:
             code = await self._run()
         except _Rollback as rb:
@@ -313,7 +313,7 @@ class Engine:
             except Exception as e:  # preparing is best effort; the checks still judge
                 notes = [{"level": "warning", "message": f"{type(c).__name__} could not prepare stage {idx + 1}: {e}"}]
             for n in notes or ():
-                self._note(n.get("level", "info"), n.get("message", ""), **(n.get("data") or {}))
+                self.note(n.get("level", "info"), n.get("message", ""), **(n.get("data") or {}))
 
     def _take_pending_interrupt(self) -> None:
         for it in self._intents:
@@ -323,13 +323,13 @@ class Engine:
 
     async def _precheck(self) -> bool:
         if self.health is None or not self.s.canary_health_url:
-            self._note("warning", "no canary health URL configured: pre-start health check skipped")
+            self.note("warning", "no canary health URL configured: pre-start health check skipped")
             return True
         res: HealthResult = await self.health.check(self.s.canary_health_url, self.s.health_timeout)
         if not res.ok:
             self._emit(ev.Failed, reason=f"canary is not healthy before the first stage: {res.detail}", index=self.start_index)
             return False
-        self._note("info", f"canary healthy: {res.detail}")
+        self.note("info", f"canary healthy: {res.detail}")
         return True
 
     async def _set_weight(self, weight: int, reason: str) -> None:
@@ -531,7 +531,7 @@ class Engine:
             self._emit(ev.Holding, index=st.index, weight=st.weight, reason=reason)
         elif st.hold_kind == "unavailable" and not errors:
             st.hold, st.hold_kind = "", ""
-            self._note("info", "metrics are back: observation continues")
+            self.note("info", "metrics are back: observation continues")
             self._emit(ev.Resumed, index=st.index, weight=st.weight, remaining=max(0.0, st.limit - st.elapsed))
 
     def _end_of_observation(self, st: _Stage) -> str | None:

@@ -88,7 +88,7 @@ def attach_lifecycle(engine: Engine, cfg: Config) -> None:
     """Alerts, the Docker rollback hook and promotion, each only when configured."""
 
     def note(level: str, message: str, data: dict[str, Any] | None = None) -> None:
-        engine._note(level, message, **(data or {}))
+        engine.note(level, message, **(data or {}))
 
     from .notify import WebhookNotifier
 
@@ -108,13 +108,13 @@ def attach_lifecycle(engine: Engine, cfg: Config) -> None:
         decision = promote.evaluate(cfg, list(read_records(cfg.journal_path)), promote.clean_approvals(intent.approvals),
                                     force=bool(intent.reason))
         if not decision.ok or decision.deployment is None:
-            engine._note("warning", f"promote refused: {decision.message}")
+            engine.note("warning", f"promote refused: {decision.message}")
             return None
         outcome = await promote.execute(cfg, decision.deployment, operator=intent.operator,
                                         approvals=promote.clean_approvals(intent.approvals), forced=decision.forced,
                                         reason=intent.reason, emit=engine.publish, router=engine.router)
         if outcome.promoted is None:
-            engine._note("warning", f"promote failed: {outcome.message}")
+            engine.note("warning", f"promote failed: {outcome.message}")
         return outcome.promoted
 
     engine.on_promote = on_promote
