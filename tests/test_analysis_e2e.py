@@ -1,0 +1,204 @@
+"""End to end: the sequential analysis rolls back a 10x error regression that the seed's
+absolute gate lets through.
+
+Two demo-service processes (production fails 0.045% of its requests, the canary 0.45%: ten
+times more, deterministically), a real nginx in front of them, Poisson traffic through nginx,
+a real Prometheus scraping both every second, and the real CLI
+(``canary-console --config X deploy --version V --headless --json``) with the seed's gates at
+their defaults beside the analysis.
+
+Why this regression: the demo service fails every 1/rate-th request exactly, so a canary rate
+at or above the seed's 0.5% trips the absolute gate at the canary's very first error, before
+any relative test can have two.  What an absolute threshold cannot see at all is a canary that
+is 10x worse than production while staying under 0.5%; the journal shows the error_rate gate
+passing it on data at every check, up to and including the check at which seq.errors rolls it
+back.  A healthy canary, run at the same time, must not be rolled back by the analysis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from console.journal import read_records
+from console.traffic import BackgroundTraffic
+from tests.fixtures.demo_services import REPO, start_demo_service
+from tests.fixtures.nginx import start_nginx_env, write_canary_toml
+from tests.fixtures.prometheus import LocalPrometheus
+from tests.fixtures.real import need_binary, port_listening
+
+pytestmark = pytest.mark.real
+
+RPS = 100.0
+MIX = {"fast": 1.0, "balanced": 1.0, "creative": 1.0}
+PRODUCTION_ERROR_RATE = 0.00045
+CANARY_ERROR_RATE = 0.0045  # 10x production, under the seed's 0.5%
+STAGES = [50, 100]
+REGRESSION_OBSERVATION = 180.0  # a cap: the analysis needs ~80-120 s of this traffic
+HEALTHY_OBSERVATION = 60.0
+
+
+@dataclass
+class Run:
+    name: str
+    exit_code: int | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    output: str = ""
+    traffic: dict[str, Any] = field(default_factory=dict)
+    ports: list[int] = field(default_factory=list)
+    error: str = ""
+
+    def checks(self) -> list[dict[str, Any]]:
+        return [r for r in self.records if r.get("event") == "check"]
+
+    def one(self, kind: str) -> dict[str, Any]:
+        found = [r for r in self.records if r.get("event") == kind]
+        assert len(found) == 1, f"expected one {kind}, got {len(found)}: {self.summary()}"
+        return found[0]
+
+    def summary(self) -> str:
+        lines = [f"{self.name}: exit {self.exit_code} {self.error} traffic {self.traffic}"]
+        for r in self.records:
+            if r.get("event") == "check":
+                gates = " ".join(f"{g['gate']}={g['verdict']}:{g.get('value')}" for g in r["results"])
+                lines.append(f"  check {r['weight']}% +{r['elapsed']}s {r['decision']}: {gates}")
+            elif r.get("event") != "note":
+                lines.append(f"  {r.get('event')}: {r.get('reason', '')} {r.get('weight', '')}")
+        return "\n".join(lines[-60:]) + "\n" + self.output[-1500:]
+
+
+def gate(check: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(g for g in check["results"] if g["gate"] == name)
+
+
+def _stop_group(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+
+
+def deploy(name: str, d: Path, prometheus_bin: str, canary_error_rate: float, observation: float) -> Run:
+    """One deployment through the real CLI; every process it starts is stopped before it returns."""
+    run = Run(name)
+    d.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        try:
+            prod = start_demo_service(d / "logs", "production", "0.1.0", ["--error-rate", str(PRODUCTION_ERROR_RATE)])
+            stack.callback(prod.stop)
+            canary = start_demo_service(d / "logs", "canary", "0.2.0", ["--error-rate", str(canary_error_rate)])
+            stack.callback(canary.stop)
+            run.ports += [prod.port, canary.port]
+            backends = SimpleNamespace(production=SimpleNamespace(address=prod.address, url=prod.url),
+                                       canary=SimpleNamespace(address=canary.address, url=canary.url))
+            env = start_nginx_env(d, backends)  # type: ignore[arg-type]  # duck-typed Backends
+            stack.callback(env.nginx.stop)
+            run.ports.append(env.nginx.listen_port)
+            prom = LocalPrometheus(prometheus_bin, d / "prometheus", [prod.address, canary.address])
+            stack.callback(prom.stop)
+            run.ports.append(prom.port)
+            prom.start().wait_targets_up()
+            traffic = BackgroundTraffic(env.url, rps=RPS, mix=MIX, seed=7)
+            stack.callback(lambda: run.traffic.update(traffic.stop().to_dict()))
+            traffic.start()
+            toml = write_canary_toml(
+                d / "canary.toml", env,
+                rollout={"stages": STAGES, "observation_period": observation, "check_interval": 2.0},
+                metrics={"source": "prometheus", "query_timeout": 3.0},  # rate window, min_requests: defaults
+                prometheus={"url": prom.url},
+                analysis={"enabled": True},  # alpha, grid, tolerances: defaults
+            )
+            journal = d / ".canary" / "journal.jsonl"
+            out_path = d / "cli.out"
+            with open(out_path, "wb") as out:
+                cli = subprocess.Popen(
+                    [sys.executable, "-m", "console.cli", "--config", str(toml), "deploy", "--version", "v0.2.0",
+                     "--headless", "--json", "--foreground", "--skip-checks"],
+                    stdout=out, stderr=subprocess.STDOUT, cwd=d, start_new_session=True,
+                    env={**os.environ, "PYTHONPATH": str(REPO)},
+                )
+            stack.callback(_stop_group, cli)
+            deadline = time.monotonic() + observation + 60.0
+            while cli.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)  # polling interval of a deadline loop
+            if cli.poll() is None:
+                run.error = f"the deployment did not end within {observation + 60:g}s"
+            _stop_group(cli)
+            run.exit_code = cli.returncode
+            run.records = list(read_records(journal))
+            run.output = out_path.read_text(errors="replace")
+        except Exception as e:  # reported by the test, after cleanup
+            run.error = f"{type(e).__name__}: {e}"
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    need_binary("nginx")
+    prometheus_bin = need_binary("prometheus")
+    base = tmp_path_factory.mktemp("analysis-e2e")
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="analysis-e2e") as pool:
+        regression = pool.submit(deploy, "regression", base / "regression", prometheus_bin, CANARY_ERROR_RATE,
+                                 REGRESSION_OBSERVATION)
+        healthy = pool.submit(deploy, "healthy", base / "healthy", prometheus_bin, PRODUCTION_ERROR_RATE,
+                              HEALTHY_OBSERVATION)
+        out = {"regression": regression.result(), "healthy": healthy.result()}
+    for run in out.values():
+        assert not run.error, run.summary()
+        assert not [p for p in run.ports if port_listening(p)], "every process of the run is gone"
+        assert run.traffic.get("by_deployment", {}).get("canary", 0) > 0, "traffic through nginx reached the canary"
+    return out
+
+
+def test_a_10x_error_regression_under_the_absolute_threshold_is_rolled_back_by_seq_errors(runs: dict[str, Run]) -> None:
+    run = runs["regression"]
+    assert run.exit_code == 3, run.summary()
+    rb = run.one("rolled_back")
+    assert rb["reason"].startswith("seq.errors") and rb["automatic"], rb["reason"]
+    decisive = next(c for c in run.checks() if c["decision"] == "rollback")
+    assert decisive["weight"] == 50 and decisive["elapsed"] < REGRESSION_OBSERVATION, run.summary()
+    seq = gate(decisive, "seq.errors")
+    assert seq["verdict"] == "fail" and seq["critical"] and seq["value"] >= seq["threshold"] == pytest.approx(200.0)
+    x = seq["extra"]
+    canary_rate = x["canary_events"] / x["canary_requests"]
+    production_rate = x["production_events"] / x["production_requests"]
+    assert canary_rate > 4 * production_rate, x  # what the e-value measured is the 10x regression
+    # the seed's absolute gate at that same check: it had the data, and it passed
+    err = gate(decisive, "error_rate")
+    assert err["verdict"] == "pass" and err["samples"] >= 20 and err["value"] < err["threshold"] == 0.005, err
+    # ... and at every check before: it never failed, so it would not have rolled back at all
+    for c in run.checks():
+        assert gate(c, "error_rate")["verdict"] in ("pass", "inconclusive"), run.summary()
+        assert gate(c, "critical_error_rate")["verdict"] in ("pass", "inconclusive"), run.summary()
+    # the analysis' figures are journaled with every check
+    firsts = [gate(c, "seq.errors") for c in run.checks()]
+    assert all(g["verdict"] == "inconclusive" for g in firsts[:-1]) and firsts[-1]["verdict"] == "fail"
+    assert all({"e_value", "threshold", "bound", "mde", "rho0"} <= set(g["extra"]) for g in firsts)
+    assert any(r.get("event") == "router_applied" and r["weight"] == 0 for r in run.records)
+
+
+def test_a_healthy_canary_is_not_rolled_back_by_the_analysis(runs: dict[str, Run]) -> None:
+    run = runs["healthy"]
+    assert run.exit_code == 0, run.summary()
+    assert [r["weight"] for r in run.records if r.get("event") == "stage_passed"] == [50]
+    for c in run.checks():
+        for name in ("seq.errors", "seq.schema", "seq.latency"):
+            g = gate(c, name)
+            assert g["verdict"] in ("pass", "inconclusive") and not g["blocking"], run.summary()
+    assert gate(run.checks()[-1], "seq.latency")["extra"]["edges"], "latency edges were fixed from production"
