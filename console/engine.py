@@ -283,8 +283,8 @@ class Engine:
         idx = self.start_index
         while True:
             self._take_pending_interrupt()
+            await self._begin_stage(idx)  # before the traffic moves: latency edges, the stage's MDE
             await self._set_weight(s.stages[idx], f"stage {idx + 1}/{len(s.stages)}")
-            await self._begin_stage(idx)
             self._emit(
                 ev.StageStarted, index=idx, weight=s.stages[idx], total=len(s.stages),
                 observation_period=s.observation_period, min_period=s.min_stage_time,
