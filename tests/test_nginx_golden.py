@@ -15,7 +15,7 @@ import pytest
 from console.nginx_local import LocalNginx
 from console.router import render_upstream
 from tests.fixtures.backends import Backends
-from tests.fixtures.nginx import NginxEnv, send_requests
+from tests.fixtures.nginx import NginxEnv, send_requests, wait_for_log_lines
 from tests.fixtures.real import free_port, need_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +93,7 @@ async def test_shipped_canary_conf_serves_the_routers_file(tmp_path: Path, backe
         split = await asyncio.to_thread(env.send, 400)
 
         assert (split.production, split.canary, split.other) == (300, 100, 0)
-        log = (prefix / "logs" / "canary.log").read_text().splitlines()
+        log = wait_for_log_lines(prefix / "logs" / "canary.log", 400)
         assert len(log) == 400
         assert sum(f"upstream={backends.canary.address}" in ln for ln in log) == 100
         assert all("gen=shipped-25" in ln and " rt=" in ln for ln in log)

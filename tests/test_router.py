@@ -270,7 +270,7 @@ async def test_from_config_drives_the_real_nginx(nginx_env: NginxEnv, tmp_path: 
 
 def test_access_log_records_upstream_status_and_time(nginx_env: NginxEnv) -> None:
     nginx_env.send(3)
-    lines = nginx_env.access_log.read_text().splitlines()
+    lines = nginx_env.access_log_lines(3)
     assert len(lines) == 3
     assert all(f"upstream={nginx_env.production}" in ln for ln in lines), lines
     assert all('"GET / HTTP/1.1" 200 ' in ln and " rt=" in ln and f"gen={INITIAL_GENERATION}" in ln for ln in lines), lines

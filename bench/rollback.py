@@ -1,0 +1,245 @@
+"""How fast is a rollback, from the moment it is asked for until nginx verifiably serves 0%?
+
+Starts a real nginx (2 workers, console.nginx_local) in front of two loopback backends in a
+temporary directory, writes a canary.toml for it, sets 25% canary, then measures N runs of:
+
+  (a) cli     `canary-console --config X rollback --reason bench` as a subprocess, from
+              process start until it exits (it exits once nginx verifiably serves 0%);
+  (b) bare    the floor: atomic write + `nginx -t` + `nginx -s reload` + the same verification;
+  (c) engine  in process: an Engine with the real NginxRouter observing at 25%,
+              `engine.submit(Intent("rollback", ...))` until the RouterApplied(0%) event.
+
+Between runs 25% is restored with the router directly (not timed).  Targets: (a) median
+<= 250 ms, (c) median <= 3x (b).  Everything started here is stopped on every exit path.
+
+    .venv/bin/python bench/rollback.py [--runs 20] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from console.nginx_local import LocalNginx  # noqa: E402
+from console.router import render_upstream, run_command, verify_generation, write_atomic  # noqa: E402
+from tests.fixtures.backends import Backends, start_backends  # noqa: E402
+from tests.fixtures.nginx import UPSTREAM_NAME, NginxEnv, write_canary_toml  # noqa: E402
+from tests.fixtures.real import free_port  # noqa: E402
+
+TARGET_CLI_MS = 250.0
+TARGET_ENGINE_RATIO = 3.0
+
+
+def _cli() -> str:
+    found = Path(sys.executable).parent / "canary-console"
+    if found.exists():
+        return str(found)
+    which = shutil.which("canary-console")
+    if not which:
+        raise SystemExit("bench/rollback.py: canary-console is not installed; run scripts/setup test")
+    return which
+
+
+def _stats(samples: list[float]) -> dict[str, float]:
+    ms = sorted(s * 1000 for s in samples)
+    p95 = ms[min(len(ms) - 1, max(0, round(0.95 * len(ms)) - 1))]
+    return {"median_ms": round(statistics.median(ms), 1), "p95_ms": round(p95, 1), "min_ms": round(ms[0], 1),
+            "max_ms": round(ms[-1], 1), "runs": len(ms)}
+
+
+class Bench:
+    def __init__(self, env: NginxEnv, toml: Path, runs: int) -> None:
+        self.env = env
+        self.toml = toml
+        self.runs = runs
+        self.router = env.router(verify_timeout=10.0)
+        self.n = 0
+
+    def gen(self, tag: str) -> str:
+        self.n += 1
+        return f"bench-{tag}-{self.n}"
+
+    async def at_25(self) -> None:
+        await self.router.apply(25, self.gen("reset"))
+
+    def check_zero(self, what: str) -> None:
+        """Outside the timing: the file says 0% and nginx serves exactly that file."""
+        served = self.env.served_generation()
+        if self.router.current_weight() != 0 or served != self.router.current_generation():
+            weight = self.router.current_weight()
+            raise SystemExit(f"bench/rollback.py: after {what} nginx serves {served!r}, file weight {weight}")
+
+    async def cli(self) -> list[float]:
+        argv = [_cli(), "--config", str(self.toml), "rollback", "--reason", "bench"]
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # as an operator's shell has it
+        subprocess.run(argv, capture_output=True, env=env, timeout=60)  # warm-up: byte-compile, page cache
+        out: list[float] = []
+        self.cli_apply: list[float] = []
+        for _ in range(self.runs):
+            await self.at_25()
+            t0 = time.perf_counter()
+            r = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, env=env, timeout=60)
+            out.append(time.perf_counter() - t0)
+            if r.returncode != 0:
+                raise SystemExit(f"bench/rollback.py: canary-console rollback exited {r.returncode}: {r.stderr.strip()}")
+            m = re.search(r"verified in (\d+(?:\.\d+)?) ms", r.stdout)
+            if m:
+                self.cli_apply.append(float(m.group(1)) / 1000)
+            self.check_zero("the CLI rollback")
+        return out
+
+    async def bare(self) -> list[float]:
+        e = self.env
+        out = []
+        for _ in range(self.runs):
+            await self.at_25()
+            gen = self.gen("bare")
+            t0 = time.perf_counter()
+            write_atomic(e.upstream_file, render_upstream(UPSTREAM_NAME, e.production, e.canary, 0, gen).encode())
+            for argv in (e.nginx.test_command, e.nginx.reload_command):
+                rc, text = await run_command(argv, 15.0)
+                if rc != 0:
+                    raise SystemExit(f"bench/rollback.py: {' '.join(argv)} failed: {text}")
+            await verify_generation(e.verify_url, gen, 10.0)
+            out.append(time.perf_counter() - t0)
+            self.check_zero("the bare write/test/reload")
+        return out
+
+    async def engine(self) -> list[float]:
+        from console import events as ev
+        from console.engine import Engine, Settings
+        from console.journal import Journal
+
+        journal = Journal(self.toml.parent / ".canary" / "bench-engine.jsonl")
+        out = []
+        try:
+            for _ in range(self.runs):
+                settings = Settings(stages=[25, 100], observation_period=3600.0, check_interval=3600.0)
+                engine = Engine(settings, version="v0.0.0-bench", router=self.router, journal=journal)
+                q = engine.subscribe()
+                task = asyncio.ensure_future(engine.run())
+                try:
+                    await _until(q, lambda e: isinstance(e, ev.StageStarted) and e.weight == 25, task)
+                    t0 = time.perf_counter()
+                    engine.submit(ev.Intent("rollback", ev.Operator.current(), reason="bench"))
+                    await _until(q, lambda e: isinstance(e, ev.RouterApplied) and e.weight == 0, task)
+                    out.append(time.perf_counter() - t0)
+                    code = await asyncio.wait_for(task, 30)
+                    if code != 3:
+                        raise SystemExit(f"bench/rollback.py: the engine ended with {code}, expected 3 (rolled back)")
+                finally:
+                    if not task.done():
+                        task.cancel()
+                        await asyncio.gather(task, return_exceptions=True)
+                self.check_zero("the engine rollback")
+        finally:
+            journal.close()
+        return out
+
+
+async def _until(q: asyncio.Queue[Any], pred: Any, task: asyncio.Future[Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        if task.done() and q.empty():
+            raise SystemExit(f"bench/rollback.py: the engine ended early with {task.result()!r}")
+        try:
+            e = await asyncio.wait_for(q.get(), max(0.01, deadline - time.monotonic()))
+        except TimeoutError:
+            raise SystemExit("bench/rollback.py: timed out waiting for an engine event") from None
+        if pred(e):
+            return e
+
+
+async def measure(env: NginxEnv, toml: Path, runs: int) -> dict[str, Any]:
+    b = Bench(env, toml, runs)
+    results: dict[str, Any] = {"cli": _stats(await b.cli())}
+    if b.cli_apply:
+        results["cli_apply"] = _stats(b.cli_apply)
+    results["bare"] = _stats(await b.bare())
+    results["engine"] = _stats(await b.engine())
+    results["engine_over_bare"] = round(results["engine"]["median_ms"] / results["bare"]["median_ms"], 2)
+    results["targets"] = {
+        "cli_median_ms<=250": results["cli"]["median_ms"] <= TARGET_CLI_MS,
+        "engine/bare<=3": results["engine_over_bare"] <= TARGET_ENGINE_RATIO,
+    }
+    results["setup"] = {
+        "nginx_workers": env.nginx.worker_processes,
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="time a rollback to 0% against a real nginx")
+    ap.add_argument("--runs", type=int, default=20, help="runs per variant (default 20)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = ap.parse_args(argv)
+    if args.runs < 1:
+        ap.error(f"--runs {args.runs} is not valid; allowed: an integer >= 1")
+
+    def on_term(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds through the finally below
+
+    signal.signal(signal.SIGTERM, on_term)
+    tmp = Path(tempfile.mkdtemp(prefix="canary-bench-"))
+    backends: Backends | None = None
+    nginx: LocalNginx | None = None
+    try:
+        backends = start_backends()
+        prefix = tmp / "nginx"
+        (prefix / "conf.d").mkdir(parents=True)
+        upstream = prefix / "conf.d" / "upstream.conf"
+        upstream.write_text(render_upstream(UPSTREAM_NAME, backends.production.address, backends.canary.address, 0, "initial"))
+        nginx = LocalNginx(prefix, free_port(), upstream, prefix / "logs" / "canary.log", UPSTREAM_NAME, 2)
+        nginx.start()
+        env = NginxEnv(nginx, backends, upstream, UPSTREAM_NAME, tmp)
+        toml = write_canary_toml(tmp / "canary.toml", env, metrics={"source": "scrape"})
+        results = asyncio.run(measure(env, toml, args.runs))
+    finally:
+        if nginx is not None:
+            nginx.stop()
+        if backends is not None:
+            backends.canary.stop()
+            backends.production.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(f"rollback to 0% until nginx verifiably serves it; {args.runs} runs each, nginx with 2 workers")
+        labels = {
+            "cli": "(a) canary-console rollback (subprocess)",
+            "cli_apply": "    of which router.apply, as the CLI reports",
+            "bare": "(b) write + nginx -t + reload + verify",
+            "engine": "(c) in-process Engine rollback",
+        }
+        for key, label in labels.items():
+            if key not in results:
+                continue
+            r = results[key]
+            print(f"  {label:<46} median {r['median_ms']:7.1f} ms   p95 {r['p95_ms']:7.1f} ms")
+        print(f"  (c)/(b) = {results['engine_over_bare']:.2f}   targets: (a) median <= {TARGET_CLI_MS:.0f} ms: "
+              f"{'met' if results['targets']['cli_median_ms<=250'] else 'MISSED'}; (c) <= {TARGET_ENGINE_RATIO:g}x (b): "
+              f"{'met' if results['targets']['engine/bare<=3'] else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
