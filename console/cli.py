@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--version", required=True, help="version to deploy, vMAJOR.MINOR.PATCH")
     c.add_argument("--strict", action="store_true", help="warnings count as failures")
 
-    pr = sub.add_parser("promote", help="promote the canary at 100% to production")
+    pr = sub.add_parser("promote", help="promote the canary at 100%% to production")
     pr.add_argument("--approved-by", action="append", default=[], metavar="NAME", help="an approval (repeatable)")
     pr.add_argument("--force", action="store_true", help="promote before promote_after (needs --reason)")
     pr.add_argument("--reason", default="", help="why (journaled)")
@@ -186,9 +186,9 @@ async def _router_change(cfg: Any, journal: Any, weight: int, reason: str, deplo
     """A manual router change with its intent before and its outcome after."""
     from . import events as ev
     from .protocols import RouterError
-    from .wiring import build_router
+    from .router import NginxRouter  # not wiring: the rollback path must not load the engine
 
-    router = router or build_router(cfg)
+    router = router or NginxRouter.from_config(cfg)
     gen = f"{deployment_id}:{os.urandom(3).hex()}"
     common = {"deployment_id": deployment_id, "version": version}
     journal.append(ev.RouterIntent(weight=weight, previous_weight=router.current_weight(), generation=gen,
@@ -204,7 +204,11 @@ async def _router_change(cfg: Any, journal: Any, weight: int, reason: str, deplo
 
 
 def _router_failed(e: Any) -> int:
-    _err(f"router change failed, the previous upstream file is kept and nginx was not reloaded: {e}")
+    if getattr(e, "reloaded", False):  # RouterNotVerified: the new file stays, nginx may serve it
+        _err(f"nginx was reloaded with the new upstream file but did not verifiably serve it: {e}. "
+             "Check `canary-console status` and nginx's error log.")
+    else:
+        _err(f"router change failed, the previous upstream file is kept and nginx was not reloaded: {e}")
     if getattr(e, "detail", ""):
         print(e.detail.rstrip(), file=sys.stderr)
     return EXIT_ROUTER

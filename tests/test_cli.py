@@ -207,3 +207,16 @@ def test_kill_9_mid_stage_then_resume_continues_from_the_journaled_stage(cfg, ng
     assert recon and recon[0]["weight"] == 5 and recon[0]["previous_weight"] == 25
     assert [x["weight"] for x in out if x["event"] == "router_applied"] == [5, 25, 100]
     assert nginx_env.router().current_weight() == 100
+
+
+def test_help_works_for_every_command():
+    from console.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) >= {"deploy", "weights", "rollback", "status", "check", "promote", "history", "replay",
+                                "watch", "attach", "demo"}
+    r = subprocess.run([CLI, "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "exit codes" in r.stdout
+    for name in sub.choices:
+        r = subprocess.run([CLI, name, "--help"], capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout.startswith("usage: canary-console " + name), (name, r.stderr)
