@@ -1,5 +1,9 @@
-"""`canary-console deploy`: preconditions, lock, resume/reconcile, then the engine, headless
-or under the console."""
+"""`canary-console deploy`: preconditions, lock, resume/reconcile, then the engine.
+
+By default the engine runs as its own background process (console.daemon, one per journal)
+and this process attaches a console to it (console.attach), so a dropped SSH session or a
+closed terminal leaves the rollout, its gates and its automatic rollback running.
+``--foreground`` and ``--headless`` keep the engine in this process (CI, scripts)."""
 
 from __future__ import annotations
 
@@ -55,16 +59,32 @@ def deploy(args: argparse.Namespace, cfg: Any) -> int:
     if args.json and not args.headless:
         args.headless = True
 
+    if _engine_answers(cfg):
+        return EXIT_LOCKED
     lk = _lock(cfg, f"deploy --version {version}")
     if lk is None:
         return EXIT_LOCKED
     try:
-        return _deploy_locked(args, cfg, version, start_index)
+        return _deploy_locked(args, cfg, version, start_index, lk)
     finally:
-        lk.release()
+        lk.release()  # a no-op once the lock went to the engine process
 
 
-def _deploy_locked(args: argparse.Namespace, cfg: Any, version: str, start_index: int) -> int:
+def _engine_answers(cfg: Any) -> bool:
+    """A detached engine already drives this journal: say so, with the attach command."""
+    from .daemon import socket_answers
+    from .lock import describe_holder, is_held, lock_path_for, read_holder
+    from .wire import socket_path_for
+
+    lp = lock_path_for(cfg.journal_path)
+    if not is_held(lp) or not socket_answers(socket_path_for(cfg.journal_path)):
+        return False
+    _err(f"another driver holds the lock: {describe_holder(read_holder(lp))}. "
+         "An engine runs there: watch or drive it with `canary-console attach` (`--take-over` to drive).")
+    return True
+
+
+def _deploy_locked(args: argparse.Namespace, cfg: Any, version: str, start_index: int, lk: Any) -> int:
     from .wiring import build_engine, build_router
 
     records = _records(cfg)
@@ -87,6 +107,7 @@ def _deploy_locked(args: argparse.Namespace, cfg: Any, version: str, start_index
                 return EXIT_PRECONDITION
             dep_events = events_of(records, open_dep.deployment_id)
             st = fold(dep_events)
+            _say_engine_lost(st)
             journaled = last_applied_weight(r for r in records if r.get("deployment_id") == open_dep.deployment_id)
             if journaled is None:
                 journaled = 0
@@ -114,6 +135,9 @@ def _deploy_locked(args: argparse.Namespace, cfg: Any, version: str, start_index
             if code:
                 return code
 
+        if not (args.foreground or args.headless):
+            journal.close()
+            return _run_detached(args, cfg, version, start_index, deployment_id, resumed, lk)
         use_console = not args.headless and sys.stdout.isatty()
         engine = build_engine(
             cfg, version, journal=journal, router=router, dry_run=args.dry_run, start_index=start_index,
@@ -124,6 +148,43 @@ def _deploy_locked(args: argparse.Namespace, cfg: Any, version: str, start_index
         return _run_headless(engine, json_lines=args.json)
     finally:
         journal.close()
+
+
+def _say_engine_lost(st: Any) -> None:
+    """Resuming after the engine died (kill -9, OOM, reboot): say which engine is gone."""
+    import socket
+
+    from .daemon import pid_alive
+
+    if st.engine_pid and st.engine_host == socket.gethostname() and not pid_alive(st.engine_pid):
+        print(f"engine pid {st.engine_pid} of {st.deployment_id} is gone (state {st.state}, stage {st.stage_label()}): "
+              "resuming from the journal", file=sys.stderr)
+
+
+def _run_detached(args: argparse.Namespace, cfg: Any, version: str, start_index: int, deployment_id: str | None,
+                  resumed: bool, lk: Any) -> int:
+    """Start the engine process with the lock, then attach this terminal to it."""
+    import os
+
+    from .attach import attach_spawned, ui_runner
+    from .clock import RealClock
+    from .daemon import spawn_engine, wait_ready
+    from .engine import new_deployment_id
+    from .wire import socket_path_for
+
+    deployment_id = deployment_id or new_deployment_id(version, RealClock())
+    ui = ui_runner() if sys.stdout.isatty() and sys.stdin.isatty() else None
+    proc = spawn_engine(
+        cfg, version, deployment_id, lock_fd=lk.fd, start_index=start_index, resumed=resumed, dry_run=args.dry_run,
+        stay_at_100=ui is not None and not args.dry_run, env_file=getattr(args, "env_file", None),
+        observation_period=args.observation_period, check_interval=args.check_interval,
+    )
+    # the engine holds the same flock through its inherited descriptor from its first instant (and
+    # rewrites the holder): closing ours without truncating leaves the lock with the engine alone
+    os.close(lk.fd)
+    lk.fd = None
+    ready = wait_ready(proc, socket_path_for(cfg.journal_path))
+    return attach_spawned(cfg, proc, deployment_id, ready=ready, ui=ui, json_lines=False)
 
 
 def _prechecks(cfg: Any, version: str) -> int:
@@ -155,7 +216,7 @@ def _run_headless(engine: Any, json_lines: bool) -> int:
         try:
             return await engine.run()
         finally:
-            await _close(engine)
+            await close_engine(engine)
 
     code = asyncio.run(main())
     if code == 130:
@@ -164,7 +225,8 @@ def _run_headless(engine: Any, json_lines: bool) -> int:
     return code
 
 
-async def _close(engine: Any) -> None:
+async def close_engine(engine: Any) -> None:
+    """Close the engine's adapters (HTTP clients) once it has finished."""
     for obj in [engine.health, *engine.checkers]:
         closer = getattr(obj, "aclose", None)
         if closer is not None:
