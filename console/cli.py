@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("attach", help="attach a console to the running engine")
     a.add_argument("--take-over", action="store_true", help="ask the current driver to hand over")
+    a.add_argument("--headless", action="store_true", help="no console: one line per event")
+    a.add_argument("--json", action="store_true", help="with --headless: JSON lines")
 
     dm = sub.add_parser("demo", help="a local canary sandbox with real nginx, Prometheus and traffic")
     dm.add_argument("--rps", type=float, default=20.0, help="requests per second through nginx (default 20)")
@@ -240,19 +242,62 @@ def cmd_weights(args: argparse.Namespace, cfg: Any) -> int:
         lk.release()
 
 
+def _rollback_through_engine(cfg: Any, reason: str) -> int | None:
+    """While a detached engine drives, `rollback` asks it (taking the driver's seat, journaled)
+    instead of failing on its lock.  None when no engine answers."""
+    from .daemon import socket_answers
+    from .wire import socket_path_for
+
+    sock = socket_path_for(cfg.journal_path)
+    if not socket_answers(sock, 0.5):
+        return None
+    from . import events as ev
+    from .attach import LinkRefused, SocketLink
+
+    async def go() -> int:
+        link = SocketLink.connect(sock, journal_path=cfg.journal_path, take_over=True)
+        try:
+            await link.submit(ev.Intent("rollback", link.operator, reason=reason))
+            async for e in link.events():
+                if isinstance(e, ev.RolledBack):
+                    print(f"rolled back by the engine (pid {link.engine_pid}): canary 0% / production 100%: {e.reason}")
+                    return EXIT_OK
+                if isinstance(e, ev.Failed):
+                    _err(f"the engine could not roll back: {e.reason}")
+                    return EXIT_ROUTER
+            _err("the engine went away before confirming the rollback: run `canary-console status`")
+            return EXIT_ROUTER
+        finally:
+            await link.close("rollback command")
+
+    try:
+        return asyncio.run(asyncio.wait_for(go(), 60))
+    except (LinkRefused, OSError, TimeoutError) as e:
+        _err(f"the running engine did not take the rollback ({type(e).__name__}: {e}); "
+             "press r in its console, or see `canary-console status`")
+        return EXIT_ROUTER
+
+
 def cmd_rollback(args: argparse.Namespace, cfg: Any) -> int:
     from . import events as ev
     from .journal import Journal
+    from .lock import DriverLock, LockHeld, lock_path_for
     from .protocols import RouterError
 
-    lk = _lock(cfg, "rollback")
-    if lk is None:
+    op = ev.Operator.current()
+    reason = args.reason or f"manual rollback by {op.label()}"
+    lk = DriverLock(lock_path_for(cfg.journal_path))
+    try:
+        lk.acquire("rollback")
+    except LockHeld as e:
+        code = _rollback_through_engine(cfg, reason)
+        if code is not None:
+            return code
+        _err(f"another driver holds the lock: {e}. Watch with `canary-console status` or `canary-console watch`.")
         return EXIT_LOCKED
     try:
         records = _records(cfg)
         dep, ver = _manual_id(records)
-        op = ev.Operator.current()
-        reason = args.reason or f"manual rollback by {op.label()}"
         from .state import deployments
 
         st = deployments(records).get(dep)
