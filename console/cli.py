@@ -149,7 +149,13 @@ def main(argv: list[str] | None = None) -> int:
 
         mod = importlib.import_module(LAZY[args.command])
         return int(mod.run(args, cfg))
-    return int(COMMANDS[args.command](args, cfg))
+    code = int(COMMANDS[args.command](args, cfg))
+    if args.command in ("weights", "rollback"):
+        # these run no atexit work: skip the interpreter's teardown (tens of ms on a rollback)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -175,17 +181,17 @@ def _records(cfg: Any) -> list[dict[str, Any]]:
     return list(read_records(cfg.journal_path))
 
 
-def _manual_id(records: list[dict[str, Any]]) -> tuple[str, str]:
-    """Manual router changes are journaled under the unfinished deployment, if any."""
+def _open_deployment(records: list[dict[str, Any]]) -> Any:
+    """The unfinished deployment manual router changes are journaled under (None: "manual")."""
     from .state import unfinished
 
-    d = unfinished(records)
-    return (d.deployment_id, d.version) if d else ("manual", "")
+    return unfinished(records)
 
 
 async def _router_change(cfg: Any, journal: Any, weight: int, reason: str, deployment_id: str, version: str,
-                         router: Any = None) -> float:
-    """A manual router change with its intent before and its outcome after."""
+                         router: Any = None, after: tuple[Any, ...] = ()) -> float:
+    """A manual router change with its intent before and its outcome after (``after``: more
+    records to journal with the outcome, in the same write)."""
     from . import events as ev
     from .protocols import RouterError
     from .router import NginxRouter  # not wiring: the rollback path must not load the engine
@@ -201,7 +207,7 @@ async def _router_change(cfg: Any, journal: Any, weight: int, reason: str, deplo
         journal.append(ev.RouterFailed(weight=weight, generation=gen, error=f"{e}: {e.detail}",
                                        restored_weight=e.restored_weight, **common))
         raise
-    journal.append(ev.RouterApplied(weight=weight, generation=gen, duration_ms=round(took * 1000, 2), **common))
+    journal.append(ev.RouterApplied(weight=weight, generation=gen, duration_ms=round(took * 1000, 2), **common), *after)
     return took
 
 
@@ -225,8 +231,8 @@ def cmd_weights(args: argparse.Namespace, cfg: Any) -> int:
     if lk is None:
         return EXIT_LOCKED
     try:
-        records = _records(cfg)
-        dep, ver = _manual_id(records)
+        d = _open_deployment(_records(cfg))
+        dep, ver = (d.deployment_id, d.version) if d else ("manual", "")
         from . import events as ev
 
         with Journal(cfg.journal_path) as j:
@@ -296,20 +302,18 @@ def cmd_rollback(args: argparse.Namespace, cfg: Any) -> int:
         _err(f"another driver holds the lock: {e}. Watch with `canary-console status` or `canary-console watch`.")
         return EXIT_LOCKED
     try:
-        records = _records(cfg)
-        dep, ver = _manual_id(records)
-        from .state import deployments
-
-        st = deployments(records).get(dep)
+        st = _open_deployment(_records(cfg))
+        dep, ver = (st.deployment_id, st.version) if st else ("manual", "")
+        after: tuple[ev.Event, ...] = (ev.OperatorAction(action="rollback", operator=op, detail=reason,
+                                                         deployment_id=dep, version=ver),)
+        if st is not None:
+            after += (ev.RolledBack(reason=reason, automatic=False, index=max(st.index, 0), from_weight=st.weight or 0,
+                                    snapshot=st.results, deployment_id=dep, version=ver),)
         with Journal(cfg.journal_path) as j:
             try:
-                took = asyncio.run(_router_change(cfg, j, 0, f"rollback: {reason}", dep, ver))
+                took = asyncio.run(_router_change(cfg, j, 0, f"rollback: {reason}", dep, ver, after=after))
             except RouterError as e:
                 return _router_failed(e)
-            j.append(ev.OperatorAction(action="rollback", operator=op, detail=reason, deployment_id=dep, version=ver))
-            if st is not None:
-                j.append(ev.RolledBack(reason=reason, automatic=False, index=max(st.index, 0), from_weight=st.weight or 0,
-                                       snapshot=st.results, deployment_id=dep, version=ver))
         print(f"rolled back: canary 0% / production 100%, nginx serves it (verified in {took * 1000:.0f} ms)")
         return EXIT_OK
     finally:

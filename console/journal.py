@@ -36,14 +36,15 @@ class Journal:
                         os.write(self._fd, b"\n")
         return self._fd
 
-    def append(self, record: Event | dict[str, Any]) -> dict[str, Any]:
-        rec = record.to_record() if isinstance(record, Event) else record
-        line = (json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n").encode()
+    def append(self, record: Event | dict[str, Any], *more: Event | dict[str, Any]) -> dict[str, Any]:
+        """Append records in one write and one fsync; returns the first as written."""
+        recs = [r.to_record() if isinstance(r, Event) else r for r in (record, *more)]
+        data = b"".join((json.dumps(r, separators=(",", ":"), allow_nan=False) + "\n").encode() for r in recs)
         with self._lock:
             fd = self._open()
-            os.write(fd, line)
+            os.write(fd, data)
             os.fsync(fd)
-        return rec
+        return recs[0]
 
     def close(self) -> None:
         with self._lock:
