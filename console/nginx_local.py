@@ -19,6 +19,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from .procs import wait_group_gone
+
 __all__ = ["LocalNginx", "NginxStartError", "find_nginx", "render_local_conf"]
 
 GENERATION_PATH = "/__canary/generation"
@@ -240,17 +242,7 @@ class LocalNginx:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        self._wait_group_gone(proc.pid, timeout)
-
-    @staticmethod
-    def _wait_group_gone(pgid: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except (ProcessLookupError, PermissionError):
-                return
-            time.sleep(0.005)
+        wait_group_gone(proc.pid, timeout)
 
     def error_tail(self, lines: int = 20) -> str:
         try:

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .procs import killpg, wait_group_gone
+
 __all__ = ["Child", "PortTaken", "Sandbox", "SandboxInterrupted", "StartFailed", "free_port", "port_free"]
 
 MARKER_ENV = "CANARY_DEMO_SANDBOX"  # every child carries it: a test can find strays by it
@@ -330,7 +332,7 @@ class Sandbox:
                     self.progress(f"stopping {c.name} failed ({type(e).__name__}: {e}); killing its process group")
         for c in live:
             if c.stop is None:
-                _killpg(c.pid, signal.SIGTERM)
+                killpg(c.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.grace
         for c in live:
             if c.proc is not None:
@@ -339,10 +341,10 @@ class Sandbox:
                 except subprocess.TimeoutExpired:
                     pass
         for c in live:
-            _killpg(c.pid, signal.SIGKILL)  # whatever is left of the group, the leader included
+            killpg(c.pid, signal.SIGKILL)  # whatever is left of the group, the leader included
             if c.proc is not None:
                 c.proc.wait()
-            _wait_group_gone(c.pid, 5.0)
+            wait_group_gone(c.pid, 5.0)
             c.stopped = True
 
     # ------------------------------------------------------------------ reporting
@@ -365,16 +367,4 @@ def port_taken_line(port: int, what: str) -> str:
             f"see who holds it with: ss -ltnp 'sport = :{port}', then free it or choose another port")
 
 
-def _killpg(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
 
-
-def _wait_group_gone(pgid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
-        time.sleep(0.01)  # polling interval of a deadline loop

@@ -8,13 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from console.journal import read_records
 from tests.fixtures.nginx import write_canary_toml
+from tests.fixtures.real import wait_for
 
 CLI = str(Path(sys.executable).parent / "canary-console")
 
@@ -26,15 +26,6 @@ def run(cfg: Path, *args: str, timeout: float = 60, **kw) -> subprocess.Complete
 def journal(cfg_path: Path) -> list[dict]:
     return list(read_records(cfg_path.parent / ".canary" / "journal.jsonl"))
 
-
-def wait_for(pred, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

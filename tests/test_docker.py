@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 from console import events as ev
 from console.config import Config, load_config
 from console.docker_adapter import DockerAdapter, DockerRollbackHook, DockerUnavailable
+from tests.fixtures.real import wait_for
 
 pytestmark = pytest.mark.real
 
@@ -40,16 +40,6 @@ def make_cfg(tmp_path: Path, **sections: dict[str, Any]) -> Config:
 def docker_cfg(tmp_path: Path, host: str, **docker: Any) -> Config:
     return make_cfg(tmp_path, docker={"enabled": True, "host": host, **docker})
 
-
-def wait_for(pred: Any, timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def rolled_back(dry_run: bool = False) -> ev.RolledBack:

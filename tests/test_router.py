@@ -350,7 +350,7 @@ def _is_zombie_of_init(pid: int) -> bool:
 _NON_ROOT_CHILD = r"""
 import json, os, subprocess, sys, time, urllib.request
 sys.path.insert(0, sys.argv[1])
-from nginx_local import LocalNginx
+from console.nginx_local import LocalNginx
 base, port = sys.argv[2], int(sys.argv[3])
 up = os.path.join(base, "upstream.conf")
 def write(gen):
@@ -375,7 +375,7 @@ finally:
 
 
 def test_local_nginx_runs_as_non_root(tmp_path: Path) -> None:
-    """As root, run the sandbox as `nobody` (stdlib only: nginx_local.py copied next to it)."""
+    """As root, run the sandbox as `nobody` (stdlib only: nginx_local.py copied next to it, as a package)."""
     import json
     import pwd
     import shutil
@@ -390,8 +390,16 @@ def test_local_nginx_runs_as_non_root(tmp_path: Path) -> None:
             user = "nobody"
             pw = pwd.getpwnam(user)
             os.chown(base, pw.pw_uid, pw.pw_gid)
-        shutil.copy(Path(__file__).resolve().parent.parent / "console" / "nginx_local.py", base / "nginx_local.py")
-        os.chmod(base / "nginx_local.py", 0o644)
+        pkg = base / "console"  # stdlib only: nginx_local.py and the helpers it imports, as a package
+        pkg.mkdir()
+        pkg.chmod(0o755)
+        for name in ("__init__.py", "nginx_local.py", "procs.py"):
+            src = Path(__file__).resolve().parent.parent / "console" / name
+            (pkg / name).write_text(src.read_text() if name != "__init__.py" else "")
+            (pkg / name).chmod(0o644)
+        if user:
+            pw = pwd.getpwnam(user)
+            os.chown(pkg, pw.pw_uid, pw.pw_gid)
         python = _python_for(user)
         r = subprocess.run(
             [python, "-c", _NON_ROOT_CHILD, str(base), str(base), str(free_port())],
