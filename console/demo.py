@@ -230,7 +230,8 @@ def start_nginx(sb: Sandbox, nginx_bin: str, port: int, urls: dict[str, str]) ->
     addr = {role: u.removeprefix("http://") for role, u in urls.items()}
     upstream.write_text(render_upstream(UPSTREAM_NAME, addr["production"], addr["canary"], 0, "demo-start"))
     access_log = sb.root / "logs" / "nginx-canary-access.log"
-    ngx = LocalNginx(prefix, port, upstream, access_log, UPSTREAM_NAME, worker_processes=1, nginx_bin=nginx_bin)
+    ngx = LocalNginx(prefix, port, upstream, access_log, UPSTREAM_NAME, worker_processes=1, nginx_bin=nginx_bin,
+                     die_with_parent=True)
     try:
         sb.started(ngx.start)
     except NginxStartError as e:

@@ -19,7 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .procs import wait_group_gone
+from .procs import die_with_parent, wait_group_gone
 
 __all__ = ["LocalNginx", "NginxStartError", "find_nginx", "render_local_conf"]
 
@@ -122,6 +122,7 @@ class LocalNginx:
         nginx_bin: str | None = None,
         listen_host: str = "127.0.0.1",
         conf_text: str | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         """``conf_text``: run this nginx.conf instead of ``render_local_conf``'s (it must listen
         on ``listen_port``, keep its pid and logs in the prefix and say ``daemon off``)."""
@@ -141,6 +142,7 @@ class LocalNginx:
         self.pid_file = self.prefix_dir / "logs" / "nginx.pid"
         self.conf_text = conf_text
         self._proc: subprocess.Popen[bytes] | None = None
+        self._die_with_parent = die_with_parent  # the demo: a SIGKILLed supervisor takes nginx with it
 
     # ---- argv for the router
 
@@ -203,6 +205,7 @@ class LocalNginx:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent if self._die_with_parent else None,
         )
         deadline = time.monotonic() + timeout
         try:

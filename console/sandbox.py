@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -43,14 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .procs import killpg, wait_group_gone
+from .procs import die_with_parent, killpg, wait_group_gone
 
 __all__ = ["Child", "PortTaken", "Sandbox", "SandboxInterrupted", "StartFailed", "free_port", "port_free"]
 
 MARKER_ENV = "CANARY_DEMO_SANDBOX"  # every child carries it: a test can find strays by it
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 GRACE = 5.0  # seconds between SIGTERM and SIGKILL
-_PR_SET_PDEATHSIG = 1
 
 
 class StartFailed(RuntimeError):
@@ -90,9 +87,7 @@ def _child_setup() -> None:  # pragma: no cover - runs in the child between fork
     """The signal mask survives exec: unblock what ``spawn`` held, or the child could never be
     stopped by SIGTERM.  Then ask the kernel for SIGTERM when the demo dies (Linux)."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    die_with_parent()
 
 
 @contextlib.contextmanager

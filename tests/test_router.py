@@ -393,7 +393,7 @@ def test_local_nginx_runs_as_non_root(tmp_path: Path) -> None:
         pkg = base / "console"  # stdlib only: nginx_local.py and the helpers it imports, as a package
         pkg.mkdir()
         pkg.chmod(0o755)
-        for name in ("__init__.py", "nginx_local.py", "procs.py"):
+        for name in ("__init__.py", "nginx_local.py", "procs.py"):  # procs: stdlib + ctypes only
             src = Path(__file__).resolve().parent.parent / "console" / name
             (pkg / name).write_text(src.read_text() if name != "__init__.py" else "")
             (pkg / name).chmod(0o644)
