@@ -1,0 +1,1 @@
+"""The Textual operator console (imported only by the commands that open it)."""
