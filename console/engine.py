@@ -481,13 +481,42 @@ class Engine:
             results.extend(part)
         return results
 
+    def _take_urgent(self) -> None:
+        """Act on a queued rollback or interrupt now (raises); other intents wait their turn."""
+        for it in self._intents:
+            if isinstance(it, tuple) and it[0] == "interrupt":
+                self._intents.remove(it)
+                raise _Interrupted(it[1])
+            if isinstance(it, Intent) and it.action == "rollback":
+                self._intents.remove(it)
+                self._apply_intent(it, None)  # raises _Rollback
+
+    async def _preemptible(self, coro: Awaitable[list[GateResult]]) -> list[GateResult]:
+        """Run a check, but let a rollback (or an interrupt) in at once: a slow Prometheus must
+        never delay the operator's rollback by a check timeout."""
+        task = asyncio.ensure_future(coro)
+        try:
+            while True:
+                self._take_urgent()
+                self._wake.clear()
+                waker = asyncio.ensure_future(self._wake.wait())
+                try:
+                    await asyncio.wait({task, waker}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waker.cancel()
+                if task.done():
+                    return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+
     async def _check(self, st: _Stage) -> None:
         s = self.s
         ctx = CheckContext(
             deployment_id=self.deployment_id, version=self.version, index=st.index, weight=st.weight,
             stage_elapsed=st.elapsed, stage_wall_start=st.started, min_period=s.min_stage_time,
         )
-        results = await self._run_checks(ctx)
+        results = await self._preemptible(self._run_checks(ctx))
         st.checks += 1
         st.last = tuple(results)
         for r in results:

@@ -268,3 +268,26 @@ async def test_a_checker_that_raises_is_an_error_never_a_pass(tmp_path):
     assert await eng.run() == 3
     c = kinds(seen, ev.CheckCompleted)[0]
     assert any(r.verdict == ERROR and "RuntimeError: bug" in r.detail for r in c.results)
+
+
+async def test_a_hanging_check_never_delays_a_manual_rollback(tmp_path):
+    """Prometheus hangs mid-check; the operator's rollback goes through at once, not after the timeout."""
+    hang = asyncio.Event()
+
+    class Hanging:
+        async def check(self, ctx):
+            await hang.wait()  # never set: a source that hangs
+            return []
+
+    s = Settings(stages=[1, 5, 25, 100], observation_period=900, check_interval=15, canary_health_url="http://c/health",
+                 check_timeout=3600)
+    eng = Engine(s, version="v0.2.0", router=FakeRouter(), journal=Journal(tmp_path / "j.jsonl"), clock=FakeClock(),
+                 checkers=[Hanging()], health=FakeHealth(), operator=OP)
+    task = asyncio.ensure_future(eng.run())
+    for _ in range(200):
+        await asyncio.sleep(0)
+    assert eng.router.applied == [1] and not task.done()  # stuck inside the first check
+    eng.submit(Intent("pause", OP))
+    eng.submit(Intent("rollback", OP, reason="pager"))
+    assert await asyncio.wait_for(task, 2) == 3
+    assert eng.router.weight == 0 and eng.state.reason == "pager"
