@@ -211,3 +211,37 @@ def test_help_works_for_every_command():
     for name in sub.choices:
         r = subprocess.run([CLI, name, "--help"], capture_output=True, text=True)
         assert r.returncode == 0 and r.stdout.startswith("usage: canary-console " + name), (name, r.stderr)
+
+
+async def test_history_and_replay_of_a_journal_recorded_by_real_headless_deploys(cfg, nginx_env):
+    """One deploy reaches 100%; a second deploy of the same version is rolled back by a failing
+    health gate; history and replay read what they journaled."""
+    from console.links import ReplayLink
+    from console.state import events_of
+    from console.ui.app import CanaryApp
+    from console.ui.testing import screen_text
+    from console.ui.testing import wait_for as ui_wait_for
+
+    assert run(cfg, "deploy", "--version", "v0.2.0", "--headless").returncode == 0
+    p = _start_deploy(cfg, "--observation-period", "60")
+    try:
+        wait_for(lambda: sum(r["event"] == "stage_started" for r in journal(cfg)) >= 5, what="second deploy's stage 1")
+        nginx_env.backends.canary.healthy = False  # a critical gate breaks
+        assert p.wait(timeout=30) == 3
+    finally:
+        p.kill()
+    rows = json.loads(run(cfg, "history", "--json").stdout)
+    assert [(r["version"], r["outcome"]) for r in rows] == [("v0.2.0", "at 100%"), ("v0.2.0", "rolled back")]
+    assert "health" in rows[1]["reason"] and rows[1]["who"]
+    text = run(cfg, "history").stdout
+    assert "rolled back at 1/4 (1%)" in text
+
+    dep = rows[1]["id"]
+    r = run(cfg, "replay", dep)  # no terminal: the event log
+    assert r.returncode == 0 and "ROLLED BACK (automatic) from 1% to 0%" in r.stdout
+    events = events_of(read_records(cfg.parent / ".canary" / "journal.jsonl"), dep)
+    app = CanaryApp(ReplayLink(events))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ui_wait_for(pilot, lambda: "ROLLED BACK" in screen_text(app), what="outcome on screen")
+        assert "READ-ONLY replay" in screen_text(app)
+        await pilot.press("q")
