@@ -36,7 +36,7 @@ from console.traffic import BackgroundTraffic
 from tests.fixtures.demo_services import REPO, start_demo_service
 from tests.fixtures.nginx import start_nginx_env, write_canary_toml
 from tests.fixtures.prometheus import LocalPrometheus
-from tests.fixtures.real import need_binary, port_listening
+from tests.fixtures.real import journal_summary, need_binary, port_listening
 
 pytestmark = pytest.mark.real
 
@@ -68,14 +68,8 @@ class Run:
         return found[0]
 
     def summary(self) -> str:
-        lines = [f"{self.name}: exit {self.exit_code} {self.error} traffic {self.traffic}"]
-        for r in self.records:
-            if r.get("event") == "check":
-                gates = " ".join(f"{g['gate']}={g['verdict']}:{g.get('value')}" for g in r["results"])
-                lines.append(f"  check {r['weight']}% +{r['elapsed']}s {r['decision']}: {gates}")
-            elif r.get("event") != "note":
-                lines.append(f"  {r.get('event')}: {r.get('reason', '')} {r.get('weight', '')}")
-        return "\n".join(lines[-60:]) + "\n" + self.output[-1500:]
+        head = f"{self.name}: exit {self.exit_code} {self.error} traffic {self.traffic}"
+        return f"{head}\n{journal_summary(self.records, 60, verbose=True)}\n{self.output[-1500:]}"
 
 
 def gate(check: dict[str, Any], name: str) -> dict[str, Any]:

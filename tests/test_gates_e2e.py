@@ -33,7 +33,7 @@ from console.journal import read_records, tail_records
 from tests.fixtures.demo_services import REPO, start_demo_service
 from tests.fixtures.nginx import start_nginx_env, write_canary_toml
 from tests.fixtures.prometheus import LocalPrometheus
-from tests.fixtures.real import need_binary, port_listening
+from tests.fixtures.real import journal_summary, need_binary, port_listening
 
 pytestmark = pytest.mark.real
 
@@ -88,14 +88,8 @@ class Run:
         return rb[0]
 
     def summary(self) -> str:
-        lines = [f"{self.scenario}/{self.source}: exit {self.exit_code} {self.error}"]
-        for r in self.records:
-            if r.get("event") == "check":
-                gates = " ".join(f"{g['gate']}={g['verdict']}" for g in r["results"])
-                lines.append(f"  check {r['weight']}% +{r['elapsed']}s {r['decision']}: {gates}")
-            elif r.get("event") != "note":
-                lines.append(f"  {r.get('event')}: {r.get('reason', '')} {r.get('weight', '')}")
-        return "\n".join(lines[:80]) + "\n" + self.output[-1500:]
+        head = f"{self.scenario}/{self.source}: exit {self.exit_code} {self.error}"
+        return f"{head}\n{journal_summary(self.records, 80)}\n{self.output[-1500:]}"
 
 
 def _gate(check: dict[str, Any], name: str) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import pytest
 
 from console.journal import read_records
 from tests.fixtures.nginx import write_canary_toml
-from tests.fixtures.real import need_binary
+from tests.fixtures.real import need_binary, wait_for
 
 pytestmark = pytest.mark.real
 
@@ -54,15 +54,6 @@ class Tmux:
             (Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}" / self.sock).unlink()
 
 
-def wait_for(pred, timeout: float = 30.0, what: str = "condition", screen=None):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}" + (f"\n{screen()}" if screen else ""))
-        time.sleep(0.05)
 
 
 def test_r_then_y_in_a_real_terminal_rolls_back_nginx_and_the_screen_says_so(tmp_path, nginx_env):
