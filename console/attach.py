@@ -771,3 +771,37 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def ask_engine(cfg: Any, intent: Intent, judge: Callable[[ev.Event, SocketLink], int | None],
+               timeout: float = 60.0) -> int | None:
+    """Send one intent to a running detached engine (taking the driver's seat, journaled) and
+    wait for the event ``judge`` turns into an exit code.  None when no engine answers.
+
+    This is how `rollback` and `promote` work from another terminal while an engine holds the
+    lock."""
+    from .daemon import socket_answers
+
+    sock = wire.socket_path_for(cfg.journal_path)
+    if not socket_answers(sock, 0.5):
+        return None
+
+    async def go() -> int:
+        link = SocketLink.connect(sock, journal_path=cfg.journal_path, take_over=True)
+        try:
+            await link.submit(intent)
+            async for e in link.events():
+                code = judge(e, link)
+                if code is not None:
+                    return code
+            _say("the engine went away before answering: run `canary-console status`")
+            return EXIT_ROUTER
+        finally:
+            await link.close(f"{intent.action} command")
+
+    try:
+        return asyncio.run(asyncio.wait_for(go(), timeout))
+    except (LinkRefused, OSError, TimeoutError) as e:
+        _say(f"the running engine did not take the {intent.action} ({type(e).__name__}: {e}); "
+             "use its console, or see `canary-console status`")
+        return EXIT_ROUTER

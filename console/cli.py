@@ -249,39 +249,20 @@ def cmd_weights(args: argparse.Namespace, cfg: Any) -> int:
 
 
 def _rollback_through_engine(cfg: Any, reason: str) -> int | None:
-    """While a detached engine drives, `rollback` asks it (taking the driver's seat, journaled)
-    instead of failing on its lock.  None when no engine answers."""
-    from .daemon import socket_answers
-    from .wire import socket_path_for
-
-    sock = socket_path_for(cfg.journal_path)
-    if not socket_answers(sock, 0.5):
-        return None
+    """While a detached engine drives, `rollback` asks it instead of failing on its lock."""
     from . import events as ev
-    from .attach import LinkRefused, SocketLink
+    from .attach import ask_engine
 
-    async def go() -> int:
-        link = SocketLink.connect(sock, journal_path=cfg.journal_path, take_over=True)
-        try:
-            await link.submit(ev.Intent("rollback", link.operator, reason=reason))
-            async for e in link.events():
-                if isinstance(e, ev.RolledBack):
-                    print(f"rolled back by the engine (pid {link.engine_pid}): canary 0% / production 100%: {e.reason}")
-                    return EXIT_OK
-                if isinstance(e, ev.Failed):
-                    _err(f"the engine could not roll back: {e.reason}")
-                    return EXIT_ROUTER
-            _err("the engine went away before confirming the rollback: run `canary-console status`")
+    def judge(e: ev.Event, link: Any) -> int | None:
+        if isinstance(e, ev.RolledBack):
+            print(f"rolled back by the engine (pid {link.engine_pid}): canary 0% / production 100%: {e.reason}")
+            return EXIT_OK
+        if isinstance(e, ev.Failed):
+            _err(f"the engine could not roll back: {e.reason}")
             return EXIT_ROUTER
-        finally:
-            await link.close("rollback command")
+        return None
 
-    try:
-        return asyncio.run(asyncio.wait_for(go(), 60))
-    except (LinkRefused, OSError, TimeoutError) as e:
-        _err(f"the running engine did not take the rollback ({type(e).__name__}: {e}); "
-             "press r in its console, or see `canary-console status`")
-        return EXIT_ROUTER
+    return ask_engine(cfg, ev.Intent("rollback", ev.Operator.current(), reason=reason), judge)
 
 
 def cmd_rollback(args: argparse.Namespace, cfg: Any) -> int:

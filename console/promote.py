@@ -273,6 +273,39 @@ def _confirm(question: str) -> bool | None:
         return False
 
 
+def _promote_through_engine(cfg: Config, operator: ev.Operator, approvals: tuple[str, ...], reason: str,
+                            yes: bool) -> int | None:
+    """While a detached engine holds the lock, ask it to promote (it checks the same rules and
+    journals the same records).  None when no engine answers."""
+    from .attach import ask_engine
+    from .daemon import socket_answers
+    from .wire import socket_path_for
+
+    if not socket_answers(socket_path_for(cfg.journal_path), 0.5):
+        return None
+    if not yes:
+        answer = _confirm("the running engine will promote: tag, route 100% and append CHANGELOG.md and deployments.log?")
+        if answer is None:
+            _err("promote: not a terminal; pass --yes to promote without a question")
+            return EXIT_USAGE
+        if not answer:
+            return EXIT_CANCELLED
+
+    def judge(e: ev.Event, link: Any) -> int | None:
+        if isinstance(e, ev.Promoted):
+            print(f"promoted by the engine (pid {link.engine_pid})")
+            return EXIT_OK
+        if isinstance(e, ev.OperatorAction) and e.action == "promote" and not e.accepted:
+            _err(f"promote refused by the engine: {e.detail}")
+            return EXIT_PRECONDITION
+        if isinstance(e, ev.Note) and e.message.startswith(("promote refused", "promote failed")):
+            _err(e.message)
+            return EXIT_PRECONDITION if e.message.startswith("promote refused") else EXIT_ROUTER
+        return None
+
+    return ask_engine(cfg, ev.Intent("promote", operator, reason=reason, approvals=approvals), judge)
+
+
 def run(args: argparse.Namespace, cfg: Config, *, router: TrafficRouter | None = None, now: datetime | None = None) -> int:
     """``canary-console promote``; ``router``/``now`` are for tests of edge cases only."""
     force = bool(getattr(args, "force", False))
@@ -286,6 +319,9 @@ def run(args: argparse.Namespace, cfg: Config, *, router: TrafficRouter | None =
     try:
         lock.acquire("promote", operator)
     except LockHeld as e:
+        code = _promote_through_engine(cfg, operator, approvals, reason if force else "", bool(getattr(args, "yes", False)))
+        if code is not None:
+            return code
         _err(f"promote: another driver holds the lock: {e}")
         return EXIT_LOCKED
     try:

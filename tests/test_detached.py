@@ -251,6 +251,29 @@ def test_rollback_command_goes_through_a_running_engine(tmp_path, nginx_env, pro
     console.wait(timeout=30)
 
 
+def test_promote_command_goes_through_a_running_engine_with_its_rules(tmp_path, nginx_env, procs):
+    """At 100% the detached engine keeps the lock; `promote` asks it, and its rules still apply."""
+    cfg = make_cfg(tmp_path, nginx_env, promote_after=0.0, required_approvals=1)
+    jp = journal_path(cfg)
+    # an engine that monitors at 100% until promoted, as `deploy` starts it under a terminal console
+    engine = procs.start([sys.executable, "-m", "console.daemon", "--config", str(cfg), "--version", "v0.2.0",
+                          "--deployment-id", "v0.2.0-promote-test", "--start-index", "3", "--stay-at-100"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    wait_for(lambda: any(r["event"] == "completed" for r in records(jp)) and engine_answers(cfg), what="100% held")
+    pid = engine_pid(jp)
+    r = subprocess.run([CLI, "--config", str(cfg), "promote", "--yes"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 4 and "approval" in r.stderr, r.stderr
+    assert pid_alive(pid) and not [x for x in records(jp) if x["event"] == "promoted"]
+    r = subprocess.run([CLI, "--config", str(cfg), "promote", "--yes", "--approved-by", "alice"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"promoted by the engine (pid {pid})" in r.stdout
+    (promoted,) = [x for x in records(jp) if x["event"] == "promoted"]
+    assert promoted["approvals"] == ["alice"]
+    assert "Promoted canary v0.2.0 to production" in (cfg.parent / "CHANGELOG.md").read_text()
+    assert engine.wait(timeout=30) == 0
+
+
 # ---------------------------------------------------------------------------- SIGHUP in tmux
 def tmux(name: str, *args: str) -> str:
     return subprocess.run(["tmux", "-L", name, *args], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
