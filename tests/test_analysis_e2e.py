@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ from console.traffic import BackgroundTraffic
 from tests.fixtures.demo_services import REPO, start_demo_service
 from tests.fixtures.nginx import start_nginx_env, write_canary_toml
 from tests.fixtures.prometheus import LocalPrometheus
-from tests.fixtures.real import journal_summary, need_binary, port_listening
+from tests.fixtures.real import gate_of, journal_summary, need_binary, port_listening, stop_group
 
 pytestmark = pytest.mark.real
 
@@ -72,20 +71,6 @@ class Run:
         return f"{head}\n{journal_summary(self.records, 60, verbose=True)}\n{self.output[-1500:]}"
 
 
-def gate(check: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(g for g in check["results"] if g["gate"] == name)
-
-
-def _stop_group(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout)
 
 
 def deploy(name: str, d: Path, prometheus_bin: str, canary_error_rate: float, observation: float) -> Run:
@@ -127,13 +112,13 @@ def deploy(name: str, d: Path, prometheus_bin: str, canary_error_rate: float, ob
                     stdout=out, stderr=subprocess.STDOUT, cwd=d, start_new_session=True,
                     env={**os.environ, "PYTHONPATH": str(REPO)},
                 )
-            stack.callback(_stop_group, cli)
+            stack.callback(stop_group, cli)
             deadline = time.monotonic() + observation + 60.0
             while cli.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.2)  # polling interval of a deadline loop
             if cli.poll() is None:
                 run.error = f"the deployment did not end within {observation + 60:g}s"
-            _stop_group(cli)
+            stop_group(cli)
             run.exit_code = cli.returncode
             run.records = list(read_records(journal))
             run.output = out_path.read_text(errors="replace")
@@ -167,21 +152,21 @@ def test_a_10x_error_regression_under_the_absolute_threshold_is_rolled_back_by_s
     assert rb["reason"].startswith("seq.errors") and rb["automatic"], rb["reason"]
     decisive = next(c for c in run.checks() if c["decision"] == "rollback")
     assert decisive["weight"] == 50 and decisive["elapsed"] < REGRESSION_OBSERVATION, run.summary()
-    seq = gate(decisive, "seq.errors")
+    seq = gate_of(decisive, "seq.errors")
     assert seq["verdict"] == "fail" and seq["critical"] and seq["value"] >= seq["threshold"] == pytest.approx(200.0)
     x = seq["extra"]
     canary_rate = x["canary_events"] / x["canary_requests"]
     production_rate = x["production_events"] / x["production_requests"]
     assert canary_rate > 4 * production_rate, x  # what the e-value measured is the 10x regression
     # the seed's absolute gate at that same check: it had the data, and it passed
-    err = gate(decisive, "error_rate")
+    err = gate_of(decisive, "error_rate")
     assert err["verdict"] == "pass" and err["samples"] >= 20 and err["value"] < err["threshold"] == 0.005, err
     # ... and at every check before: it never failed, so it would not have rolled back at all
     for c in run.checks():
-        assert gate(c, "error_rate")["verdict"] in ("pass", "inconclusive"), run.summary()
-        assert gate(c, "critical_error_rate")["verdict"] in ("pass", "inconclusive"), run.summary()
+        assert gate_of(c, "error_rate")["verdict"] in ("pass", "inconclusive"), run.summary()
+        assert gate_of(c, "critical_error_rate")["verdict"] in ("pass", "inconclusive"), run.summary()
     # the analysis' figures are journaled with every check
-    firsts = [gate(c, "seq.errors") for c in run.checks()]
+    firsts = [gate_of(c, "seq.errors") for c in run.checks()]
     assert all(g["verdict"] == "inconclusive" for g in firsts[:-1]) and firsts[-1]["verdict"] == "fail"
     assert all({"e_value", "threshold", "bound", "mde", "rho0"} <= set(g["extra"]) for g in firsts)
     assert any(r.get("event") == "router_applied" and r["weight"] == 0 for r in run.records)
@@ -193,6 +178,6 @@ def test_a_healthy_canary_is_not_rolled_back_by_the_analysis(runs: dict[str, Run
     assert [r["weight"] for r in run.records if r.get("event") == "stage_passed"] == [50]
     for c in run.checks():
         for name in ("seq.errors", "seq.schema", "seq.latency"):
-            g = gate(c, name)
+            g = gate_of(c, name)
             assert g["verdict"] in ("pass", "inconclusive") and not g["blocking"], run.summary()
-    assert gate(run.checks()[-1], "seq.latency")["extra"]["edges"], "latency edges were fixed from production"
+    assert gate_of(run.checks()[-1], "seq.latency")["extra"]["edges"], "latency edges were fixed from production"

@@ -33,7 +33,7 @@ from console.journal import read_records, tail_records
 from tests.fixtures.demo_services import REPO, start_demo_service
 from tests.fixtures.nginx import start_nginx_env, write_canary_toml
 from tests.fixtures.prometheus import LocalPrometheus
-from tests.fixtures.real import journal_summary, need_binary, port_listening
+from tests.fixtures.real import gate_of, journal_summary, need_binary, port_listening, stop_group
 
 pytestmark = pytest.mark.real
 
@@ -92,20 +92,6 @@ class Run:
         return f"{head}\n{journal_summary(self.records, 80)}\n{self.output[-1500:]}"
 
 
-def _gate(check: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(g for g in check["results"] if g["gate"] == name)
-
-
-def _stop_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout)
 
 
 def run_scenario(name: str, source: str, d: Path, prometheus_bin: str) -> Run:
@@ -142,7 +128,7 @@ def run_scenario(name: str, source: str, d: Path, prometheus_bin: str) -> Run:
             )
 
             def stop_traffic() -> None:
-                _stop_group(traffic)
+                stop_group(traffic)
                 assert traffic.stdout is not None
                 out = traffic.stdout.read().decode(errors="replace")
                 traffic.stdout.close()
@@ -166,7 +152,7 @@ def run_scenario(name: str, source: str, d: Path, prometheus_bin: str) -> Run:
                     stdout=out, stderr=subprocess.STDOUT, cwd=d, start_new_session=True,
                     env={**os.environ, "PYTHONPATH": str(REPO)},
                 )
-            stack.callback(_stop_group, cli)
+            stack.callback(stop_group, cli)
             deadline = time.monotonic() + RUN_DEADLINE
             interrupted = False
             offset, first_check, holding = 0, None, False
@@ -191,7 +177,7 @@ def run_scenario(name: str, source: str, d: Path, prometheus_bin: str) -> Run:
                     interrupted = True
                     os.killpg(cli.pid, signal.SIGTERM)
                 time.sleep(0.2)  # polling interval of a deadline loop
-            _stop_group(cli)
+            stop_group(cli)
             run.exit_code = cli.returncode
             run.records = list(read_records(journal))
             run.output = out_path.read_text(errors="replace")
@@ -247,8 +233,8 @@ def test_a_healthy_canary_reaches_100(e2e_runs: Any, scenario: str, source: str)
     for weight in (20, 50):
         blocking = [g for g in last_of_stage[weight]["results"] if g["blocking"]]
         assert {g["verdict"] for g in blocking} == {"pass"}, run.summary()
-        assert _gate(last_of_stage[weight], "error_rate")["samples"] >= 5
-        assert _gate(last_of_stage[weight], "error_rate")["window"] == "10s"
+        assert gate_of(last_of_stage[weight], "error_rate")["samples"] >= 5
+        assert gate_of(last_of_stage[weight], "error_rate")["window"] == "10s"
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -260,7 +246,7 @@ def test_injected_errors_roll_back_early_naming_the_error_rate(e2e_runs: Any, sc
     assert "error_rate" in rb["reason"] and rb["automatic"], rb["reason"]
     decisive = next(c for c in run.checks() if c["decision"] == "rollback")
     assert decisive["weight"] == 20 and decisive["elapsed"] < FAILING_OBSERVATION / 2, run.summary()
-    crit = _gate(decisive, "critical_error_rate")
+    crit = gate_of(decisive, "critical_error_rate")
     assert crit["verdict"] == "fail" and crit["value"] > 0.01 and crit["threshold"] == 0.01
     # the snapshot journals the last value of every gate, for both versions
     snap = {g["gate"]: g for g in rb["snapshot"]}
@@ -278,10 +264,10 @@ def test_fast_mode_latency_rolls_back_naming_fast_p95(e2e_runs: Any, scenario: s
     assert "p95_latency.fast" in rb["reason"] and "checks in a row" in rb["reason"], rb["reason"]
     decisive = next(c for c in run.checks() if c["decision"] == "rollback")
     assert decisive["elapsed"] < FAILING_OBSERVATION, "during the observation"
-    fast = _gate(decisive, "p95_latency.fast")
+    fast = gate_of(decisive, "p95_latency.fast")
     assert fast["verdict"] == "fail" and fast["value"] > 2.5 and not fast["critical"]
     assert decisive["breaches"]["p95_latency.fast"] == 3
-    assert _gate(decisive, "p95_latency.balanced")["verdict"] in ("pass", "inconclusive")
+    assert gate_of(decisive, "p95_latency.balanced")["verdict"] in ("pass", "inconclusive")
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -290,12 +276,12 @@ def test_one_schema_failure_rolls_back_at_once(e2e_runs: Any, scenario: str, sou
     run = get(e2e_runs, scenario, source)
     assert run.exit_code == 3, run.summary()
     assert "schema_failures" in run.rolled_back()["reason"]
-    seen = [c for c in run.checks() if _gate(c, "schema_failures")["verdict"] == "fail"]
+    seen = [c for c in run.checks() if gate_of(c, "schema_failures")["verdict"] == "fail"]
     assert seen, run.summary()
     assert seen[0]["decision"] == "rollback", "the first check that sees the failure rolls back"
-    assert _gate(seen[0], "schema_failures")["value"] >= 1 and _gate(seen[0], "schema_failures")["critical"]
+    assert gate_of(seen[0], "schema_failures")["value"] >= 1 and gate_of(seen[0], "schema_failures")["critical"]
     before = [c for c in run.checks() if c["elapsed"] <= (run.acted_at or 0)]
-    assert before and all(_gate(c, "schema_failures")["verdict"] != "fail" for c in before)
+    assert before and all(gate_of(c, "schema_failures")["verdict"] != "fail" for c in before)
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -305,9 +291,9 @@ def test_lost_metrics_hold_and_are_journaled(e2e_runs: Any, scenario: str, sourc
     assert run.exit_code == 130, run.summary()  # held, then interrupted by the test: traffic stays where it is
     holding = run.events("holding")
     assert holding and "metrics unavailable for 3 checks" in holding[0]["reason"], run.summary()
-    errors = [c for c in run.checks() if _gate(c, "error_rate")["verdict"] == "error"]
+    errors = [c for c in run.checks() if gate_of(c, "error_rate")["verdict"] == "error"]
     assert len(errors) >= 3
-    detail = _gate(errors[0], "error_rate")["detail"]
+    detail = gate_of(errors[0], "error_rate")["detail"]
     assert ("unreachable" in detail) if source == "prometheus" else ("HTTP 503" in detail), detail
     assert not run.events("rolled_back") and not run.events("stage_passed")
     assert run.events("interrupted")
