@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from console.journal import read_records
 from console.lock import is_held, lock_path_for
 from console.state import last_applied_weight, unfinished
 from tests.fixtures.nginx import NginxEnv, write_canary_toml
-from tests.fixtures.real import need_binary, wait_for
+from tests.fixtures.real import await_for, need_binary, wait_for
 
 CLI = str(Path(sys.executable).parent / "canary-console")
 # the attach command on its own module entry (same code as `canary-console attach`), with --headless
@@ -147,15 +147,6 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
 
 
 # ---------------------------------------------------------------------------- helpers
-
-async def await_for(pred: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def journal_path(cfg: Path) -> Path:

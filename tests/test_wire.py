@@ -22,6 +22,7 @@ from console.events import Intent, Operator
 from console.journal import Journal, read_records
 from console.server import EngineServer
 from tests.fakes import FakeHealth, FakeRouter, ScriptedChecker
+from tests.fixtures.real import await_for
 
 OP = Operator("root", "10.1.2.3", "laptop")
 
@@ -105,16 +106,6 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[Engine, EngineServer, Pa
         engine.journal.close()
 
 
-async def until(pred: Any, timeout: float = 10.0) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition not met in time")
-
 
 async def connect(path: Path, **kw: Any) -> SocketLink:
     """SocketLink.connect blocks (it is made for the CLI): off the loop that serves the engine."""
@@ -123,7 +114,7 @@ async def connect(path: Path, **kw: Any) -> SocketLink:
 
 async def test_history_then_live_events_give_the_journal_exactly_and_bye_carries_the_exit_code(served):
     engine, server, jp, task = served
-    await until(lambda: engine.state.state == "at 100%")
+    await await_for(lambda: engine.state.state == "at 100%")
     link = await connect(server.path, operator=OP)
     assert link.role == "driver" and link.engine_pid == os.getpid() and link.deployment_id == engine.deployment_id
     assert link.hello["protocol"] == wire.VERSION and link.hello["engine_host"] == socket.gethostname()
@@ -136,7 +127,7 @@ async def test_history_then_live_events_give_the_journal_exactly_and_bye_carries
             live.append(e)
 
     reader = asyncio.create_task(read())
-    await until(lambda: len([e for e in live if e.kind == "check"]) >= 3)  # it keeps checking at 100%
+    await await_for(lambda: len([e for e in live if e.kind == "check"]) >= 3)  # it keeps checking at 100%
     assert await link.ping() >= 0
     await link.submit(Intent("promote", OP))
     assert await asyncio.wait_for(task, 10) == 0
@@ -160,7 +151,7 @@ async def test_a_slow_console_is_dropped_and_the_engine_and_the_others_go_on(tmp
         await asyncio.to_thread(slow.connect, str(server.path))
         slow.sendall(wire.encode(wire.HELLO, operator={"user": "root"}, role="watcher"))  # and never reads again
         fast = await connect(server.path, operator=OP, role="watcher")
-        await until(lambda: len(server.clients) == 2 and all(c.role for c in server.clients))
+        await await_for(lambda: len(server.clients) == 2 and all(c.role for c in server.clients))
         got: list[ev.Event] = []
         it = fast.events().__aiter__()
         big = "x" * 8000
@@ -205,7 +196,7 @@ async def test_a_dead_engines_socket_file_is_replaced_owner_only(tmp_path):
 
 async def test_the_engine_journals_take_over_and_refused_intents_with_who_asked(served):
     engine, server, jp, task = served
-    await until(lambda: engine.state.state == "at 100%")
+    await await_for(lambda: engine.state.state == "at 100%")
     a = await connect(server.path, operator=OP)
     other = Operator("root", "10.9.9.9", "desk")
     b = await connect(server.path, operator=other, take_over=True)
@@ -214,7 +205,7 @@ async def test_the_engine_journals_take_over_and_refused_intents_with_who_asked(
         ea = a.events().__aiter__()
         while (await asyncio.wait_for(ea.__anext__(), 5)).kind != "operator_action":
             pass
-        await until(lambda: a.role == "watcher")
+        await await_for(lambda: a.role == "watcher")
         assert "took over" in a.note and a.driver is not None and "10.9.9.9" in a.driver
         a.role = "driver"  # pretend: the engine still knows better
         with pytest.raises(PermissionError, match="watches"):
