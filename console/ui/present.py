@@ -157,7 +157,22 @@ def link_note(status: Any) -> str:
         return status.lost
     if status.role != "driver":
         return f"now watching: {status.note or ('driver ' + str(status.driver))}"
-    return f"engine pid {status.engine_pid}"  # no latency here: a header that changes every ping costs bytes
+    host = f"@{status.engine_host}" if getattr(status, "engine_host", "") else ""
+    return f"engine pid {status.engine_pid}{host} link {latency_bucket(status.latency_ms)}"
+
+
+_LATENCY_EDGES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+def latency_bucket(ms: float | None) -> str:
+    """Link latency in coarse steps: the header changes only when the step does, so a ping
+    every few seconds costs no bytes on a slow SSH link."""
+    if ms is None:
+        return "?"
+    for edge in _LATENCY_EDGES:
+        if ms < edge:
+            return f"<{edge}ms"
+    return ">1s"
 
 
 def exit_code_for(s: st.DeploymentState, role: str) -> int:
