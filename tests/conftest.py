@@ -1,8 +1,18 @@
 """Shared fixtures live in tests/fixtures/<area>.py; each area adds its module here."""
 
+import signal
+
 pytest_plugins = [
     "tests.fixtures.dockerd",
     "tests.fixtures.nginx",
     "tests.fixtures.demo_services",
     "tests.fixtures.prometheus",
 ]
+
+
+def _terminate(signum, frame):  # SIGTERM to pytest: unwind like Ctrl+C, so every fixture stops what it started
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config):
+    signal.signal(signal.SIGTERM, _terminate)
