@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import os
 import re
-import signal
 import sys
 from typing import Any
 
@@ -373,10 +372,6 @@ COMMANDS = {
     "deploy": cmd_deploy,
 }
 
-
-def install_signals(loop: asyncio.AbstractEventLoop, fn: Any) -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, fn, sig.name)
 
 
 if __name__ == "__main__":  # pragma: no cover

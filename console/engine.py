@@ -70,13 +70,6 @@ class Settings:
         return s
 
 
-class HealthProbe:
-    """Protocol-shaped default: the seed's /health (200 and JSON "status": "healthy")."""
-
-    async def check(self, url: str, timeout: float) -> HealthResult:  # pragma: no cover - replaced in wiring
-        raise NotImplementedError
-
-
 class _Rollback(Exception):
     def __init__(self, reason: str, automatic: bool) -> None:
         super().__init__(reason)
@@ -282,8 +275,8 @@ class Engine:
             return EXIT_PRECONDITION
         idx = self.start_index
         while True:
-            self._take_pending_interrupt()
             await self._begin_stage(idx)  # before the traffic moves: latency edges, the stage's MDE
+            self._take_urgent()  # a rollback or interrupt queued meanwhile wins over raising the traffic
             await self._set_weight(s.stages[idx], f"stage {idx + 1}/{len(s.stages)}")
             self._emit(
                 ev.StageStarted, index=idx, weight=s.stages[idx], total=len(s.stages),
@@ -314,12 +307,6 @@ class Engine:
                 notes = [{"level": "warning", "message": f"{type(c).__name__} could not prepare stage {idx + 1}: {e}"}]
             for n in notes or ():
                 self.note(n.get("level", "info"), n.get("message", ""), **(n.get("data") or {}))
-
-    def _take_pending_interrupt(self) -> None:
-        for it in self._intents:
-            if isinstance(it, tuple) and it[0] == "interrupt":
-                self._intents.remove(it)
-                raise _Interrupted(it[1])
 
     async def _precheck(self) -> bool:
         if self.health is None or not self.s.canary_health_url:

@@ -291,3 +291,18 @@ async def test_a_hanging_check_never_delays_a_manual_rollback(tmp_path):
     eng.submit(Intent("rollback", OP, reason="pager"))
     assert await asyncio.wait_for(task, 2) == 3
     assert eng.router.weight == 0 and eng.state.reason == "pager"
+
+
+async def test_a_rollback_queued_between_stages_wins_over_raising_the_traffic(tmp_path):
+    """The operator presses r while the next stage is being prepared: the canary never gets 5%."""
+    eng, seen, _, checker = make(tmp_path)
+
+    async def begin_stage(ctx):
+        if ctx.index == 1:
+            eng.submit(Intent("rollback", OP, reason="not today"))
+        return []
+
+    checker.begin_stage = begin_stage
+    assert await eng.run() == 3
+    assert eng.router.applied == [1, 0]
+    assert kinds(seen, ev.RolledBack)[0].from_weight == 1
