@@ -18,9 +18,6 @@ back.  A healthy canary, run at the same time, must not be rolled back by the an
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,10 +29,10 @@ import pytest
 
 from console.journal import read_records
 from console.traffic import BackgroundTraffic
-from tests.fixtures.demo_services import REPO, start_demo_service
+from tests.fixtures.demo_services import start_demo_service
 from tests.fixtures.nginx import start_nginx_env, write_canary_toml
 from tests.fixtures.prometheus import LocalPrometheus
-from tests.fixtures.real import gate_of, journal_summary, need_binary, port_listening, stop_group
+from tests.fixtures.real import gate_of, journal_summary, need_binary, port_listening, spawn_headless_deploy, stop_group
 
 pytestmark = pytest.mark.real
 
@@ -105,13 +102,7 @@ def deploy(name: str, d: Path, prometheus_bin: str, canary_error_rate: float, ob
             )
             journal = d / ".canary" / "journal.jsonl"
             out_path = d / "cli.out"
-            with open(out_path, "wb") as out:
-                cli = subprocess.Popen(
-                    [sys.executable, "-m", "console.cli", "--config", str(toml), "deploy", "--version", "v0.2.0",
-                     "--headless", "--json", "--foreground", "--skip-checks"],
-                    stdout=out, stderr=subprocess.STDOUT, cwd=d, start_new_session=True,
-                    env={**os.environ, "PYTHONPATH": str(REPO)},
-                )
+            cli = spawn_headless_deploy(toml, d, out_path)
             stack.callback(stop_group, cli)
             deadline = time.monotonic() + observation + 60.0
             while cli.poll() is None and time.monotonic() < deadline:

@@ -33,7 +33,7 @@ from console.journal import read_records, tail_records
 from tests.fixtures.demo_services import REPO, start_demo_service
 from tests.fixtures.nginx import start_nginx_env, write_canary_toml
 from tests.fixtures.prometheus import LocalPrometheus
-from tests.fixtures.real import gate_of, journal_summary, need_binary, port_listening, stop_group
+from tests.fixtures.real import gate_of, journal_summary, need_binary, port_listening, spawn_headless_deploy, stop_group
 
 pytestmark = pytest.mark.real
 
@@ -145,13 +145,7 @@ def run_scenario(name: str, source: str, d: Path, prometheus_bin: str) -> Run:
             )
             journal = d / ".canary" / "journal.jsonl"
             out_path = d / "cli.out"
-            with open(out_path, "wb") as out:
-                cli = subprocess.Popen(
-                    [sys.executable, "-m", "console.cli", "--config", str(toml), "deploy", "--version", "v0.2.0",
-                     "--headless", "--json", "--foreground", "--skip-checks"],
-                    stdout=out, stderr=subprocess.STDOUT, cwd=d, start_new_session=True,
-                    env={**os.environ, "PYTHONPATH": str(REPO)},
-                )
+            cli = spawn_headless_deploy(toml, d, out_path)
             stack.callback(stop_group, cli)
             deadline = time.monotonic() + RUN_DEADLINE
             interrupted = False
