@@ -8,7 +8,7 @@ regressed ones (default 500) at 1% -> 5% -> 25% (15 minutes each; reaching 100% 
 in counts per 5 s scrape, all runs of a group at once with numpy.  The three deciders see the
 same streams:
 
-* ``sequential``: console/analysis/core.py itself (``build_tests``/``feed``/``decide``, the
+* ``sequential``: console/core/analysis/core.py itself (``build_tests``/``feed``/``decide``, the
   code the SequentialChecker runs, driven with numpy arrays instead of floats), checked at
   every scrape; it rolls back when a test rejects and otherwise advances at the end of the
   observation (the default ``require_pass = false``); a stage without a proven PASS of the
@@ -45,8 +45,8 @@ except ImportError:  # pragma: no cover - depends on the machine
           file=sys.stderr)
     sys.exit(2)
 
-from console.analysis import core  # noqa: E402
-from console.config import SCHEMA  # noqa: E402
+from console.core.analysis import core  # noqa: E402
+from console.core.config import SCHEMA  # noqa: E402
 
 # ------------------------------------------------------------------ the simulated world
 STEP = 5.0  # seconds between scrapes
@@ -58,7 +58,7 @@ MODES = ("fast", "balanced", "creative")
 THRESHOLDS = {m: d for m, (_, d) in SCHEMA["gates.p95_latency"].items()}  # the seed's 2.5 / 3.2 / 4.5 s
 MEDIAN = np.array([0.8, 1.2, 1.8])  # lognormal latency per mode (s); p95 = 1.78 x median
 SIGMA = 0.35
-# the demo service's bucket edges (console/demo_service.py) from 0.25 s up; the lowest bucket absorbs the rest
+# the demo service's bucket edges (console/sandbox/service.py) from 0.25 s up; the lowest bucket absorbs the rest
 EDGES = np.array([0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.2, 4.0, 4.5, 5.0, 7.5, 10.0, math.inf])
 BASE_ERR = np.array([0.001, 0.002, 0.004])  # production 5xx rate per mode
 BASE_SCHEMA = 0.0002
@@ -124,7 +124,7 @@ def phi(z: Any) -> Any:
 
 
 def default_params() -> core.Params:
-    """The [analysis] defaults of console/config.py SCHEMA, as the console would load them."""
+    """The [analysis] defaults of console/core/config.py SCHEMA, as the console would load them."""
     a = {k: d for k, (_, d) in SCHEMA["analysis"].items()}
     return core.Params.from_config({"analysis": a, "rollout": {"min_stage_time": SCHEMA["rollout"]["min_stage_time"][1]}})
 

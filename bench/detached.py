@@ -1,6 +1,6 @@
 """The detached engine, in figures: how long until a console is attached, how fast the link is.
 
-Starts a real nginx (console.nginx_local) in front of two loopback backends in a temporary
+Starts a real nginx (console.sandbox.nginx_local) in front of two loopback backends in a temporary
 directory, pads the journal with old records (a long-lived journal), then measures:
 
   (a) ready    `canary-console deploy` (no terminal, dry run) from process start until the
@@ -34,10 +34,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from console import wire  # noqa: E402
-from console.attach import SocketLink  # noqa: E402
-from console.daemon import pid_alive, socket_answers  # noqa: E402
-from console.journal import Journal, read_records  # noqa: E402
+from console.commands.attach import SocketLink  # noqa: E402
+from console.core.journal import Journal, read_records  # noqa: E402
+from console.remote import wire  # noqa: E402
+from console.remote.daemon import pid_alive, socket_answers  # noqa: E402
 from tests.fixtures.backends import start_backends  # noqa: E402
 from tests.fixtures.nginx import start_nginx_env, write_canary_toml  # noqa: E402
 

@@ -1,6 +1,6 @@
 """How fast is a rollback, from the moment it is asked for until nginx verifiably serves 0%?
 
-Starts a real nginx (2 workers, console.nginx_local) in front of two loopback backends in a
+Starts a real nginx (2 workers, console.sandbox.nginx_local) in front of two loopback backends in a
 temporary directory, writes a canary.toml for it, sets 25% canary, then measures N runs of:
 
   (a) cli     `canary-console --config X rollback --reason bench` as a subprocess, from
@@ -35,8 +35,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from console.nginx_local import LocalNginx  # noqa: E402
-from console.router import render_upstream, run_command, verify_generation, write_atomic  # noqa: E402
+from console.adapters.nginx.router import render_upstream, run_command, verify_generation, write_atomic  # noqa: E402
+from console.sandbox.nginx_local import LocalNginx  # noqa: E402
 from tests.fixtures.backends import Backends, start_backends  # noqa: E402
 from tests.fixtures.nginx import UPSTREAM_NAME, NginxEnv, write_canary_toml  # noqa: E402
 from tests.fixtures.real import free_port  # noqa: E402
@@ -121,9 +121,9 @@ class Bench:
         return out
 
     async def engine(self) -> list[float]:
-        from console import events as ev
-        from console.engine import Engine, Settings
-        from console.journal import Journal
+        from console.core import events as ev
+        from console.core.engine import Engine, Settings
+        from console.core.journal import Journal
 
         journal = Journal(self.toml.parent / ".canary" / "bench-engine.jsonl")
         out = []

@@ -47,7 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from console.journal import Journal, read_records  # noqa: E402
+from console.core.journal import Journal, read_records  # noqa: E402
 from console.ui.testing import DEP, rolled_back  # noqa: E402
 from tests.fixtures.demo_services import DemoService, start_demo_service  # noqa: E402
 

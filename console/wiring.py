@@ -6,16 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import events as ev
-from .clock import Clock, RealClock
-from .config import Config
-from .engine import Engine, Settings
-from .journal import Journal
-from .protocols import Checker, MetricSource, TrafficRouter
+from console.core import events as ev
+from console.core.clock import Clock, RealClock
+from console.core.config import Config
+from console.core.engine import Engine, Settings
+from console.core.journal import Journal
+from console.core.protocols import Checker, MetricSource, TrafficRouter
 
 
 def build_router(cfg: Config) -> TrafficRouter:
-    from .router import NginxRouter
+    from console.adapters.nginx.router import NginxRouter
 
     return NginxRouter.from_config(cfg)
 
@@ -23,7 +23,7 @@ def build_router(cfg: Config) -> TrafficRouter:
 def build_source(cfg: Config, clock: Clock) -> MetricSource | None:
     if cfg["metrics"]["source"] == "none":
         return None
-    from .metrics import build_source as _build
+    from console.adapters.metrics import build_source as _build
 
     return _build(cfg, clock)
 
@@ -32,11 +32,11 @@ def build_checkers(cfg: Config, clock: Clock) -> tuple[list[Checker], MetricSour
     source = build_source(cfg, clock)
     if source is None:
         return [], None
-    from .gates import MetricGates
+    from console.core.gates import MetricGates
 
     checkers: list[Checker] = [MetricGates(cfg, source)]
     if cfg["analysis"]["enabled"]:
-        from .analysis import SequentialChecker
+        from console.core.analysis import SequentialChecker
 
         checkers.append(SequentialChecker(cfg, source, clock))
     return checkers, source
@@ -58,7 +58,7 @@ def build_engine(
     operator: ev.Operator | None = None,
     listeners: Sequence[Callable[[ev.Event], object]] = (),
 ) -> Engine:
-    from .health import HttpHealth
+    from console.adapters.health import HttpHealth
 
     clock = clock or RealClock()
     if checkers is None:
@@ -90,20 +90,20 @@ def attach_lifecycle(engine: Engine, cfg: Config) -> None:
     def note(level: str, message: str, data: dict[str, Any] | None = None) -> None:
         engine.note(level, message, **(data or {}))
 
-    from .notify import WebhookNotifier
+    from console.adapters.webhook import WebhookNotifier
 
     notifier = WebhookNotifier.from_config(cfg, journal_note=note)
     if notifier is not None:
         engine.add_listener(notifier.submit)
         engine.services.append(notifier)
     if cfg["docker"]["enabled"]:
-        from .docker_adapter import DockerRollbackHook
+        from console.adapters.docker import DockerRollbackHook
 
         engine.add_listener(DockerRollbackHook(cfg, cfg.journal_path.parent, note=note))
 
     async def on_promote(intent: ev.Intent) -> ev.Event | None:
-        from . import promote
-        from .journal import read_records
+        from console.commands import promote
+        from console.core.journal import read_records
 
         decision = promote.evaluate(cfg, list(read_records(cfg.journal_path)), promote.clean_approvals(intent.approvals),
                                     force=bool(intent.reason))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from console.events import PASS, GateResult
-from console.protocols import CheckContext, HealthResult, RouterError
+from console.core.events import PASS, GateResult
+from console.core.protocols import CheckContext, HealthResult, RouterError
 
 
 class FakeRouter:

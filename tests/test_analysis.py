@@ -13,16 +13,16 @@ from dataclasses import replace
 
 import pytest
 
-from console import events as ev
-from console.analysis import SequentialChecker, core
-from console.analysis.checker import increments
-from console.analysis.core import ERRORS, LATENCY, SCHEMA, Obs, Params
-from console.clock import FakeClock
-from console.config import ConfigError, load_config
-from console.engine import Engine, Settings
-from console.events import ERROR, FAIL, INCONCLUSIVE, PASS
-from console.journal import Journal
-from console.protocols import CheckContext, CounterSnapshot, MetricsUnavailable, VersionCounters
+from console.core import events as ev
+from console.core.analysis import SequentialChecker, core
+from console.core.analysis.checker import increments
+from console.core.analysis.core import ERRORS, LATENCY, SCHEMA, Obs, Params
+from console.core.clock import FakeClock
+from console.core.config import ConfigError, load_config
+from console.core.engine import Engine, Settings
+from console.core.events import ERROR, FAIL, INCONCLUSIVE, PASS
+from console.core.journal import Journal
+from console.core.protocols import CheckContext, CounterSnapshot, MetricsUnavailable, VersionCounters
 from tests.fakes import FakeHealth, FakeRouter
 
 MODES = ("fast", "balanced", "creative")

@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 
-from console.journal import read_records
-from console.traffic import BackgroundTraffic
+from console.core.journal import read_records
+from console.sandbox.traffic import BackgroundTraffic
 from tests.fixtures.demo_services import start_demo_service
 from tests.fixtures.nginx import start_nginx_env, write_canary_toml
 from tests.fixtures.prometheus import LocalPrometheus

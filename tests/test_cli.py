@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from console.journal import read_records
+from console.core.journal import read_records
 from tests.fixtures.nginx import write_canary_toml
 from tests.fixtures.real import wait_for
 
@@ -201,7 +201,7 @@ def test_kill_9_mid_stage_then_resume_continues_from_the_journaled_stage(cfg, ng
 
 
 def test_help_works_for_every_command():
-    from console.cli import build_parser
+    from console.commands.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) >= {"deploy", "weights", "rollback", "status", "check", "promote", "history", "replay",
@@ -216,8 +216,8 @@ def test_help_works_for_every_command():
 async def test_history_and_replay_of_a_journal_recorded_by_real_headless_deploys(cfg, nginx_env):
     """One deploy reaches 100%; a second deploy of the same version is rolled back by a failing
     health gate; history and replay read what they journaled."""
-    from console.links import ReplayLink
-    from console.state import events_of
+    from console.core.state import events_of
+    from console.remote.links import ReplayLink
     from console.ui.app import CanaryApp
     from console.ui.testing import screen_text
     from console.ui.testing import wait_for as ui_wait_for

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from console.config import ConfigError, load_config
+from console.core.config import ConfigError, load_config
 
 
 def write(tmp_path, text: str):
@@ -73,7 +73,7 @@ def test_example_config_documents_every_key_with_its_default(tmp_path):
     import tomllib
     from pathlib import Path
 
-    from console.config import SCHEMA
+    from console.core.config import SCHEMA
 
     example = Path(__file__).parents[1] / "canary.toml.example"
     data = tomllib.loads(example.read_text())

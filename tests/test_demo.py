@@ -24,10 +24,9 @@ from typing import Any
 
 import pytest
 
-from console import demo
-from console.cli import build_parser
-from console.journal import read_records
-from console.sandbox import MARKER_ENV, Sandbox
+from console.commands.cli import build_parser
+from console.core.journal import read_records
+from console.sandbox.supervisor import MARKER_ENV, Sandbox, demo
 from tests.fixtures.real import need_binary, port_listening
 
 CLI = str(Path(sys.executable).parent / "canary-console")
@@ -313,8 +312,8 @@ def test_sandbox_kills_a_group_that_ignores_sigterm_after_the_grace_period(tmp_p
 WEDGED_CONSOLE = """
 import json, os, pty, sys, time
 from pathlib import Path
-from console.demo import ConsoleWatchdog
-from console.sandbox import Sandbox
+from console.sandbox.demo import ConsoleWatchdog
+from console.sandbox.supervisor import Sandbox
 
 sb = Sandbox(Path(sys.argv[1]))
 sb.install_handlers()

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from console.demo_service import BUCKETS, MODES, Faults, Settings, apply_fault_update, build_app, parse_args
-from console.traffic import BackgroundTraffic, TrafficGenerator
+from console.sandbox.service import BUCKETS, MODES, Faults, Settings, apply_fault_update, build_app, parse_args
+from console.sandbox.traffic import BackgroundTraffic, TrafficGenerator
 from tests.fixtures.demo_services import REPO, DemoService, http_json
 from tests.fixtures.real import port_listening
 
@@ -187,7 +187,7 @@ def test_flags_and_env() -> None:
     assert s.port == 8123 and s.faults.error_rate == 0.05 and s.faults.unhealthy
     assert s.faults.latency == {"fast": 3.0, "creative": 1.0}
     assert parse_args(["--error-rate", "0.1"], {"DEMO_ERROR_RATE": "0.5"}).faults.error_rate == 0.1  # flag wins
-    r = subprocess.run([sys.executable, "-m", "console.demo_service", "--deployment", "blue"], cwd=REPO,
+    r = subprocess.run([sys.executable, "-m", "console.sandbox.service", "--deployment", "blue"], cwd=REPO,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "--deployment" in r.stderr and "production or canary" in r.stderr

@@ -1,6 +1,6 @@
 """The rollout outlives the terminal (issue 8), against a real nginx and real engine processes.
 
-`canary-console deploy` starts the engine as its own process (console.daemon) and attaches to
+`canary-console deploy` starts the engine as its own process (console.remote.daemon) and attaches to
 it; these tests kill consoles, hang up terminals, attach several consoles, kill -9 the engine
 at random points and talk to its socket as another user.  Every process a test starts (CLIs,
 engines, tmux) is killed and reaped when it ends, whatever happened.
@@ -29,20 +29,20 @@ from typing import Any
 
 import pytest
 
-from console import wire
-from console.attach import SocketLink
-from console.daemon import pid_alive
-from console.eventfmt import format_event
-from console.events import Intent, Operator, event_from_record
-from console.journal import read_records
-from console.lock import is_held, lock_path_for
-from console.state import last_applied_weight, unfinished
+from console.commands.attach import SocketLink
+from console.core.eventfmt import format_event
+from console.core.events import Intent, Operator, event_from_record
+from console.core.journal import read_records
+from console.core.lock import is_held, lock_path_for
+from console.core.state import last_applied_weight, unfinished
+from console.remote import wire
+from console.remote.daemon import pid_alive
 from tests.fixtures.nginx import NginxEnv, write_canary_toml
 from tests.fixtures.real import await_for, need_binary, wait_for
 
 CLI = str(Path(sys.executable).parent / "canary-console")
 # the attach command on its own module entry (same code as `canary-console attach`), with --headless
-ATTACH = [sys.executable, "-m", "console.attach"]
+ATTACH = [sys.executable, "-m", "console.commands.attach"]
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -63,7 +63,7 @@ def _ppid(pid: int) -> int:
         return -1
 
 
-OURS = (b"console.daemon", b"canary-console", b"console.attach")
+OURS = (b"console.remote.daemon", b"canary-console", b"console.commands.attach")
 
 
 def processes_with(marker: str) -> list[int]:
@@ -186,7 +186,7 @@ def sock_of(cfg: Path) -> Path:
 
 
 def engine_answers(cfg: Path) -> bool:
-    from console.daemon import socket_answers
+    from console.remote.daemon import socket_answers
 
     return socket_answers(sock_of(cfg))
 
@@ -247,7 +247,7 @@ def test_promote_command_goes_through_a_running_engine_with_its_rules(tmp_path, 
     cfg = make_cfg(tmp_path, nginx_env, promote_after=0.0, required_approvals=1)
     jp = journal_path(cfg)
     # an engine that monitors at 100% until promoted, as `deploy` starts it under a terminal console
-    engine = procs.start([sys.executable, "-m", "console.daemon", "--config", str(cfg), "--version", "v0.2.0",
+    engine = procs.start([sys.executable, "-m", "console.remote.daemon", "--config", str(cfg), "--version", "v0.2.0",
                           "--deployment-id", "v0.2.0-promote-test", "--start-index", "3", "--stay-at-100"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     wait_for(lambda: any(r["event"] == "completed" for r in records(jp)) and engine_answers(cfg), what="100% held")
@@ -647,8 +647,8 @@ def test_the_socket_refuses_another_user_and_rejects_garbage_without_crashing(tm
 
 # ---------------------------------------------------------------------------- engine death: attach offers resume or rollback
 def test_a_dead_engine_is_detected_at_attach_which_offers_a_break_glass_rollback(tmp_path, nginx_env, procs):
-    from console.attach import BreakGlassRefused, break_glass_rollback
-    from console.config import load_config
+    from console.commands.attach import BreakGlassRefused, break_glass_rollback
+    from console.core.config import load_config
 
     need_binary("tmux")
     cfg = make_cfg(tmp_path, nginx_env, observation_period=60.0)

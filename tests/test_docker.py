@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from console import events as ev
-from console.config import Config, load_config
-from console.docker_adapter import DockerAdapter, DockerRollbackHook, DockerUnavailable
+from console.adapters.docker import DockerAdapter, DockerRollbackHook, DockerUnavailable
+from console.core import events as ev
+from console.core.config import Config, load_config
 from tests.fixtures.real import wait_for
 
 pytestmark = pytest.mark.real

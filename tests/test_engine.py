@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
-from console import events as ev
-from console.clock import FakeClock
-from console.engine import Engine, Settings
-from console.events import ERROR, FAIL, INCONCLUSIVE, PASS, GateResult, Intent, Operator
-from console.journal import Journal, read_records
+from console.core import events as ev
+from console.core.clock import FakeClock
+from console.core.engine import Engine, Settings
+from console.core.events import ERROR, FAIL, INCONCLUSIVE, PASS, GateResult, Intent, Operator
+from console.core.journal import Journal, read_records
 from tests.fakes import FakeHealth, FakeRouter, ScriptedChecker
 
 OP = Operator("alice", "10.0.0.7")

@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from console.clock import FakeClock
-from console.config import load_config
-from console.events import ERROR, FAIL, INCONCLUSIVE, PASS, GateResult
-from console.gates import GatePolicy, MetricGates, evaluate, judge, judge_rl_loss, source_errors
-from console.metrics import VersionStats, WindowStats
-from console.metrics.promql import bucket_quantile, extrapolated_increase
-from console.metrics.scrape import ScrapeSource
-from console.protocols import CheckContext, CounterSnapshot, MetricsUnavailable
+from console.adapters.metrics import VersionStats, WindowStats
+from console.adapters.metrics.promql import bucket_quantile, extrapolated_increase
+from console.adapters.metrics.scrape import ScrapeSource
+from console.core.clock import FakeClock
+from console.core.config import load_config
+from console.core.events import ERROR, FAIL, INCONCLUSIVE, PASS, GateResult
+from console.core.gates import GatePolicy, MetricGates, evaluate, judge, judge_rl_loss, source_errors
+from console.core.protocols import CheckContext, CounterSnapshot, MetricsUnavailable
 
 INF, NAN = math.inf, math.nan
 CTX = CheckContext(deployment_id="d", version="v0.2.0", index=0, weight=5, stage_elapsed=3.0, stage_wall_start=0.0)

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from console.journal import read_records, tail_records
+from console.core.journal import read_records, tail_records
 from tests.fixtures.demo_services import REPO, start_demo_service
 from tests.fixtures.nginx import start_nginx_env, write_canary_toml
 from tests.fixtures.prometheus import LocalPrometheus
@@ -120,9 +120,9 @@ def run_scenario(name: str, source: str, d: Path, prometheus_bin: str) -> Run:
                 run.ports.append(prom.port)
                 prom.start().wait_targets_up()
                 extra["prometheus"] = {"url": prom.url}
-            # traffic in its own process (python -m console.traffic), as the demo sandbox runs it
+            # traffic in its own process (python -m console.sandbox.traffic), as the demo sandbox runs it
             traffic = subprocess.Popen(
-                [sys.executable, "-m", "console.traffic", "--url", nginx_env.url, "--rps", str(RPS),
+                [sys.executable, "-m", "console.sandbox.traffic", "--url", nginx_env.url, "--rps", str(RPS),
                  "--mix", "fast=1,balanced=1,creative=1", "--seed", str(sum(map(ord, name + source)))],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
             )

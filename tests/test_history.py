@@ -1,4 +1,4 @@
-"""`canary-console history [--json]` on a journal written with console.events records."""
+"""`canary-console history [--json]` on a journal written with console.core.events records."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from console import events as ev
-from console import history
-from console.config import Config, load_config
-from console.events import GateResult, Operator
-from console.journal import Journal
+from console.commands import history
+from console.core import events as ev
+from console.core.config import Config, load_config
+from console.core.events import GateResult, Operator
+from console.core.journal import Journal
 
 ALICE = Operator(user="alice", ssh_client="10.0.0.7", host="deploy-1")
 BOB = Operator(user="bob", host="deploy-1")
@@ -157,7 +157,7 @@ def test_history_survives_a_torn_last_line(tmp_path: Path) -> None:
     build_journal(cfg)
     with open(cfg.journal_path, "ab") as f:
         f.write(b'{"event":"rolled_back","deployment_id":"d-6","rea')  # a crash mid-write
-    rows = history.history(__import__("console.journal").journal.read_records(cfg.journal_path))
+    rows = history.history(__import__("console.core.journal").journal.read_records(cfg.journal_path))
     assert rows[-1]["id"] == "d-6" and rows[-1]["outcome"] == "at 100%"
 
 
@@ -168,10 +168,10 @@ def test_history_through_the_cli(tmp_path: Path) -> None:
     cfg = make_cfg(tmp_path)
     build_journal(cfg)
     (tmp_path / "nginx" / "conf.d").mkdir(parents=True)  # the CLI validates the whole config first
-    cmd = [sys.executable, "-m", "console.cli", "--config", str(cfg.path), "history"]
+    cmd = [sys.executable, "-m", "console.commands.cli", "--config", str(cfg.path), "history"]
     p = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
-    from console.journal import read_records
+    from console.core.journal import read_records
 
     assert json.loads(p.stdout) == history.history(read_records(cfg.journal_path))
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)

@@ -7,10 +7,11 @@ import sys
 
 import pytest
 
-ENGINE_MODULES = "console.engine, console.state, console.journal, console.config, console.wiring, console.links, console.deploy"
+ENGINE_MODULES = ("console.core.engine, console.core.state, console.core.journal, console.core.config, console.wiring, "
+                  "console.remote.links, console.commands.deploy")
 
 
-@pytest.mark.parametrize("modules", [ENGINE_MODULES, "console.cli"])
+@pytest.mark.parametrize("modules", [ENGINE_MODULES, "console.commands.cli"])
 def test_engine_imports_without_textual_or_rich(modules):
     code = (
         f"import sys; import {modules}; "
@@ -22,7 +23,8 @@ def test_engine_imports_without_textual_or_rich(modules):
 
 def test_cli_fast_path_keeps_heavy_sdks_out():
     code = (
-        "import sys; import console.cli, console.router, console.journal, console.lock, console.events; "
+        "import sys; import console.commands.cli, console.adapters.nginx.router, console.core.journal, console.core.lock, "
+        "console.core.events; "
         "heavy = ('textual', 'rich', 'docker', 'prometheus_api_client', 'httpx', 'plotext');"
         "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & set(heavy))))"
     )

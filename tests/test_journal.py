@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from console import events as ev
-from console.journal import Journal, read_records
-from console.state import deployments, last_applied_weight, unfinished
+from console.core import events as ev
+from console.core.journal import Journal, read_records
+from console.core.state import deployments, last_applied_weight, unfinished
 
 
 def test_torn_last_line_does_not_hide_the_rest(tmp_path):

@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from console.logtail import FileTail, PendingLines, follow_file
+from console.adapters.logtail import FileTail, PendingLines, follow_file
 
 
 def write(path: Path, text: str, mode: str = "a") -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from console.nginx_local import LocalNginx
-from console.router import render_upstream
+from console.adapters.nginx.router import render_upstream
+from console.sandbox.nginx_local import LocalNginx
 from tests.fixtures.backends import Backends
 from tests.fixtures.nginx import NginxEnv, send_requests, wait_for_log_lines
 from tests.fixtures.real import free_port, need_binary

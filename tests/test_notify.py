@@ -14,15 +14,15 @@ from typing import Any
 
 import pytest
 
-from console import events as ev
-from console.clock import FakeClock
-from console.config import load_config
-from console.engine import Engine, Settings
-from console.events import GateResult
-from console.health import HttpHealth
-from console.journal import Journal
-from console.notify import WebhookNotifier
-from console.protocols import CheckContext
+from console.adapters.health import HttpHealth
+from console.adapters.webhook import WebhookNotifier
+from console.core import events as ev
+from console.core.clock import FakeClock
+from console.core.config import load_config
+from console.core.engine import Engine, Settings
+from console.core.events import GateResult
+from console.core.journal import Journal
+from console.core.protocols import CheckContext
 from tests.fixtures.nginx import NginxEnv
 
 SECRET = "T0SECRET/B0SECRET/xoxb-very-secret-token"

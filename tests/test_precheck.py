@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from console import precheck
-from console.config import Config, load_config
-from console.precheck import FAIL, PASS, SKIP, WARN, CheckRow
+from console.commands import check as precheck
+from console.commands.check import FAIL, PASS, SKIP, WARN, CheckRow
+from console.core.config import Config, load_config
 from tests.fixtures.nginx import NginxEnv, write_canary_toml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def test_check_through_the_cli(tmp_path: Path, nginx_env: NginxEnv) -> None:
     import sys
 
     cfg = cfg_for(tmp_path, nginx_env)
-    cmd = [sys.executable, "-m", "console.cli", "--config", str(cfg.path), "check", "--strict", "--version"]
+    cmd = [sys.executable, "-m", "console.commands.cli", "--config", str(cfg.path), "check", "--strict", "--version"]
     p = subprocess.run([*cmd, "v0.2.0"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.splitlines()[-1] == "pre-deployment checks for v0.2.0: ok (8 pass, 0 warn, 0 fail, 3 skip)"

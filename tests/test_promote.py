@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from console import events as ev
-from console import promote
-from console.config import Config, load_config
-from console.journal import Journal, read_records
-from console.lock import DriverLock, lock_path_for
+from console.commands import promote
+from console.core import events as ev
+from console.core.config import Config, load_config
+from console.core.journal import Journal, read_records
+from console.core.lock import DriverLock, lock_path_for
 from tests.fixtures.nginx import NginxEnv, write_canary_toml
 from tests.test_history import record_deployment, rollback
 from tests.test_notify import Receiver
@@ -212,7 +212,7 @@ def test_promote_through_the_cli(tmp_path: Path, nginx_env: NginxEnv) -> None:
     import sys
 
     cfg = setup(tmp_path, nginx_env, completed_ago=120)
-    cmd = [sys.executable, "-m", "console.cli", "--config", str(cfg.path), "promote", "--yes"]
+    cmd = [sys.executable, "-m", "console.commands.cli", "--config", str(cfg.path), "promote", "--yes"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert p.returncode == 4 and len(p.stderr.splitlines()) == 1 and "wait 28m" in p.stderr
     p = subprocess.run([*cmd, "--force", "--reason", "hotfix", "--approved-by", "carol"], capture_output=True, text=True,

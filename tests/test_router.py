@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from console.config import load_config
-from console.nginx_local import LocalNginx
-from console.protocols import RouterError
-from console.router import NginxRouter, RouterNotVerified, render_upstream, weight_of
+from console.adapters.nginx.router import NginxRouter, RouterNotVerified, render_upstream, weight_of
+from console.core.config import load_config
+from console.core.protocols import RouterError
+from console.sandbox.nginx_local import LocalNginx
 from tests.fixtures.backends import Backends
 from tests.fixtures.nginx import INITIAL_GENERATION, NginxEnv, start_nginx_env, write_canary_toml
 from tests.fixtures.real import free_port, need, need_binary, port_listening
@@ -350,7 +350,7 @@ def _is_zombie_of_init(pid: int) -> bool:
 _NON_ROOT_CHILD = r"""
 import json, os, subprocess, sys, time, urllib.request
 sys.path.insert(0, sys.argv[1])
-from console.nginx_local import LocalNginx
+from console.sandbox.nginx_local import LocalNginx
 base, port = sys.argv[2], int(sys.argv[3])
 up = os.path.join(base, "upstream.conf")
 def write(gen):

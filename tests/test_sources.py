@@ -22,16 +22,16 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from console.clock import FakeClock
-from console.config import ConfigError, load_config
-from console.events import ERROR, INCONCLUSIVE, PASS
-from console.gates import GatePolicy, MetricGates, evaluate
-from console.metrics import build_source
-from console.metrics.prometheus import PrometheusSource
-from console.metrics.promql import MetricNames, Queries, build_queries
-from console.metrics.scrape import ScrapeSource
-from console.protocols import CheckContext, MetricsUnavailable
-from console.traffic import TrafficGenerator
+from console.adapters.metrics import build_source
+from console.adapters.metrics.prometheus import PrometheusSource
+from console.adapters.metrics.promql import MetricNames, Queries, build_queries
+from console.adapters.metrics.scrape import ScrapeSource
+from console.core.clock import FakeClock
+from console.core.config import ConfigError, load_config
+from console.core.events import ERROR, INCONCLUSIVE, PASS
+from console.core.gates import GatePolicy, MetricGates, evaluate
+from console.core.protocols import CheckContext, MetricsUnavailable
+from console.sandbox.traffic import TrafficGenerator
 from tests.fixtures.demo_services import DemoService
 from tests.fixtures.prometheus import LocalPrometheus
 from tests.fixtures.real import free_port, need_binary

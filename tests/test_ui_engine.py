@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
-from console.clock import FakeClock
-from console.engine import Engine, Settings
-from console.events import FAIL, PASS, GateResult, Operator
-from console.journal import Journal, read_records
-from console.links import InProcessLink
+from console.core.clock import FakeClock
+from console.core.engine import Engine, Settings
+from console.core.events import FAIL, PASS, GateResult, Operator
+from console.core.journal import Journal, read_records
+from console.remote.links import InProcessLink
 from console.ui.app import CanaryApp
 from console.ui.screens import ConfirmScreen
 from console.ui.testing import screen_text, wait_for

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from console import events as ev
+from console.core import events as ev
 from console.ui.app import CanaryApp
 from console.ui.screens import ConfirmScreen, DetailScreen, FaultMenu, HelpScreen
 from console.ui.testing import Script, ScriptedLink, observing, pinned_clock, screen_text, wait_for

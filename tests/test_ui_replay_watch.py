@@ -10,11 +10,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from console import events as ev
-from console.journal import Journal, read_records
-from console.links import ReplayLink
-from console.replay import run as replay_run
-from console.state import events_of
+from console.commands.replay import run as replay_run
+from console.core import events as ev
+from console.core.journal import Journal, read_records
+from console.core.state import events_of
+from console.remote.links import ReplayLink
 from console.ui.app import CanaryApp
 from console.ui.screens import ConfirmScreen
 from console.ui.testing import DEP, Script, ScriptedLink, observing, pinned_clock, rolled_back, screen_text, wait_for
@@ -108,7 +108,7 @@ class _Status:
 
 
 class DetachedLink(ScriptedLink):
-    """A ScriptedLink shaped like console.attach.SocketLink: status, stop, take_over."""
+    """A ScriptedLink shaped like console.commands.attach.SocketLink: status, stop, take_over."""
 
     def __init__(self, history, role="driver"):
         super().__init__(history, role)
@@ -176,7 +176,8 @@ async def test_a_watching_console_can_take_over_with_T():
 
 
 def test_the_engine_side_modules_import_without_textual_or_rich():
-    code = ("import sys, console.engine, console.cli, console.logtail, console.replay, console.ui.watch, console.ui.model;"
+    code = ("import sys, console.core.engine, console.commands.cli, console.adapters.logtail, console.commands.replay, "
+            "console.ui.watch, console.ui.model;"
             "bad = [m for m in ('textual', 'rich') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from console.journal import read_records
+from console.core.journal import read_records
 from tests.fixtures.nginx import write_canary_toml
 from tests.fixtures.real import need_binary, wait_for
 

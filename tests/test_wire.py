@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from console import events as ev
-from console import wire
-from console.attach import SocketLink
-from console.daemon import socket_answers
-from console.engine import Engine, Settings
-from console.events import Intent, Operator
-from console.journal import Journal, read_records
-from console.server import EngineServer
+from console.commands.attach import SocketLink
+from console.core import events as ev
+from console.core.engine import Engine, Settings
+from console.core.events import Intent, Operator
+from console.core.journal import Journal, read_records
+from console.remote import wire
+from console.remote.daemon import socket_answers
+from console.remote.server import EngineServer
 from tests.fakes import FakeHealth, FakeRouter, ScriptedChecker
 from tests.fixtures.real import await_for
 

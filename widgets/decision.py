@@ -14,10 +14,9 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.reactive import reactive
 
-from console.events import FAIL, GateResult
-
-from .lines import LinesWidget
-from .verdicts import VERDICT_VAR, fmt_value, short_gate, verdict_label
+from console.core.events import FAIL, GateResult
+from widgets.lines import LinesWidget
+from widgets.verdicts import VERDICT_VAR, fmt_value, short_gate, verdict_label
 
 
 @dataclass(frozen=True)

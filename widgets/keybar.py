@@ -11,7 +11,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.reactive import reactive
 
-from .lines import LinesWidget
+from widgets.lines import LinesWidget
 
 
 class KeyBar(LinesWidget):

@@ -29,7 +29,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widgets import Input
 
-from console.logtail import PendingLines
+from console.adapters.logtail import PendingLines
 
 MAX_LINE = 4096  # characters kept per line: bounded memory and bounded wrap rows
 _CONTROL = re.compile("[\u0000-\u0008\u000b-\u001f\u007f]")

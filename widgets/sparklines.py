@@ -11,9 +11,9 @@ from rich.text import Text
 from textual.binding import Binding
 from textual.reactive import reactive
 
-from .decision import DetailRequested
-from .lines import LinesWidget
-from .verdicts import fmt_value
+from widgets.decision import DetailRequested
+from widgets.lines import LinesWidget
+from widgets.verdicts import fmt_value
 
 BARS = "▁▂▃▄▅▆▇█"
 

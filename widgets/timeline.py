@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from rich.text import Text
 from textual.reactive import reactive
 
-from .lines import LinesWidget
+from widgets.lines import LinesWidget
 
 DONE, CURRENT, PENDING, FAILED = "done", "current", "pending", "failed"
 MARK = {DONE: "✓", CURRENT: "▶", PENDING: "·", FAILED: "✗"}

@@ -6,7 +6,7 @@ means the same thing everywhere, with NO_COLOR, in 16 colours and in tmux.
 
 from __future__ import annotations
 
-from console.events import ERROR, FAIL, INCONCLUSIVE, PASS
+from console.core.events import ERROR, FAIL, INCONCLUSIVE, PASS
 
 # verdict -> (symbol, word, CSS-ish style class used in Rich styles of the widgets)
 VERDICT = {

@@ -20,23 +20,22 @@ from textual.containers import Horizontal
 from textual.screen import ModalScreen, Screen
 from textual.worker import Worker, WorkerState
 
-from console import state as st
-from console.clock import Clock, RealClock
-from console.eventfmt import format_event
-from console.events import Intent, Operator
+from console.core import state as st
+from console.core.clock import Clock, RealClock
+from console.core.eventfmt import format_event
+from console.core.events import Intent, Operator
+from console.ui import asks
+from console.ui import messages as m
+from console.ui.asks import Confirm, KeyHelp
+from console.ui.model import ConsoleModel
+from console.ui.present import decision_rows, exit_code_for, header_info, key_help, link_note, series_rows, timeline_view
+from console.ui.sources import HEARTBEAT, DockerReader, LogSourceSpec, read_file
 from widgets.decision import DecisionPanel, DetailRequested
 from widgets.header_bar import HeaderBar
 from widgets.keybar import KeyBar
 from widgets.log_pane import LogPane
 from widgets.sparklines import Sparklines
 from widgets.timeline import StageTimeline
-
-from . import asks
-from . import messages as m
-from .asks import Confirm, KeyHelp
-from .model import ConsoleModel
-from .present import decision_rows, exit_code_for, header_info, key_help, link_note, series_rows, timeline_view
-from .sources import HEARTBEAT, DockerReader, LogSourceSpec, read_file
 
 TRAFFIC = ("advance", "step_back", "rollback", "pause", "resume", "promote")
 EVENTS_SOURCE = "events"
@@ -546,7 +545,7 @@ class CanaryApp(App[int]):
 
 def _screens() -> Any:
     """The dialogs module, imported on the first dialog: a faster first frame."""
-    from . import screens
+    from console.ui import screens
 
     return screens
 
@@ -557,6 +556,6 @@ def _is(screen: Any, name: str) -> bool:
 
 
 # the entry points (deploy, attach, watch, replay, demo import them from here)
-from .run import run_console, run_console_with_engine, with_engine  # noqa: E402
+from console.ui.run import run_console, run_console_with_engine, with_engine  # noqa: E402
 
 __all__ = ["CanaryApp", "run_console", "run_console_with_engine", "with_engine"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from textual.message import Message
 
-from console import events as ev
-from console.eventfmt import format_event
+from console.core import events as ev
+from console.core.eventfmt import format_event
 
 
 class StateChanged(Message):

@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from console import events as ev
-from console import state as st
-from console.eventfmt import format_event
-from console.state import DeploymentState
+from console.core import events as ev
+from console.core import state as st
+from console.core.eventfmt import format_event
+from console.core.state import DeploymentState
 
 SERIES_MAX = 3600  # points per gate: one hour of 1 s checks, or 15 h of 15 s checks
 TIMELINE_MAX = 50  # operator actions and milestones kept for the timeline

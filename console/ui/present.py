@@ -5,16 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from console import state as st
-from console.events import GateResult
-from console.state import DeploymentState
+from console.core import state as st
+from console.core.events import GateResult
+from console.core.state import DeploymentState
+from console.ui.asks import KeyHelp
+from console.ui.model import ConsoleModel
 from widgets.decision import GateRow
 from widgets.header_bar import HeaderInfo, fmt_countdown
 from widgets.sparklines import SeriesRow
 from widgets.timeline import TimelineView, stage_marks
-
-from .asks import KeyHelp
-from .model import ConsoleModel
 
 MODE_ORDER = ("fast", "balanced", "creative")
 

@@ -8,9 +8,8 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from console import state as st
-
-from .app import CanaryApp
+from console.core import state as st
+from console.ui.app import CanaryApp
 
 
 def run_console(link: Any, *, cfg: Any = None, version: str = "", break_glass: Callable[..., Any] | None = None,
@@ -18,10 +17,10 @@ def run_console(link: Any, *, cfg: Any = None, version: str = "", break_glass: C
     """Run the console on a link until the operator quits; returns the exit code.
 
     ``cfg`` (optional) gives the log panes, the pane size and the metrics note; ``break_glass``
-    (``console.attach.break_glass_rollback``) lets ``r`` roll back through the router when a
+    (``console.commands.attach.break_glass_rollback``) lets ``r`` roll back through the router when a
     detached engine is gone."""
     if cfg is not None:
-        from .sources import specs_from_config
+        from console.ui.sources import specs_from_config
 
         kw.setdefault("log_sources", specs_from_config(cfg))
         kw.setdefault("log_max_lines", int(cfg["console"]["log_max_lines"]))
@@ -38,9 +37,8 @@ def run_console_with_engine(engine: Any, cfg: Any, version: str, **kw: Any) -> i
 
     Quitting while live interrupts the engine (the traffic stays; exit 130); quitting at 100%
     ends monitoring (exit 0); SIGTERM / SIGHUP do the same as a confirmed quit."""
-    from console.links import InProcessLink
-
-    from .sources import specs_from_config
+    from console.remote.links import InProcessLink
+    from console.ui.sources import specs_from_config
 
     link = InProcessLink(engine)
     app = CanaryApp(link, title_version=version, log_sources=kw.pop("log_sources", specs_from_config(cfg)),

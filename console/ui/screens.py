@@ -16,11 +16,10 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, OptionList, Static
 from textual.widgets.option_list import Option
 
+from console.ui.asks import Confirm, KeyHelp
+from console.ui.model import Point
 from widgets.keybar import KeyBar
 from widgets.verdicts import fmt_value, is_percent, is_seconds
-
-from .asks import Confirm, KeyHelp
-from .model import Point
 
 
 class ConfirmScreen(ModalScreen[str]):

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from console.logtail import FileTail, PendingLines, TailEvent, follow_file
+from console.adapters.logtail import FileTail, PendingLines, TailEvent, follow_file
 
 DOCKER_RETRY = 5.0  # seconds between attempts while the daemon or the container is away
 HEARTBEAT = 1.0  # a file reader reports at least this often; its pane is stale after twice as long
@@ -88,7 +88,7 @@ class DockerReader:
 
     def run(self, pending: PendingLines, wake: Callable[[], object], status: Callable[[str, str], object]) -> None:
         try:
-            from console.docker_adapter import DockerAdapter, DockerUnavailable
+            from console.adapters.docker import DockerAdapter, DockerUnavailable
         except ImportError as e:  # the adapter belongs to another module; a console without it still runs
             status("error", f"docker logs unavailable: {e}")
             return

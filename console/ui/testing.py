@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from console import events as ev
-from console.events import FAIL, INCONCLUSIVE, PASS, GateResult
+from console.core import events as ev
+from console.core.events import FAIL, INCONCLUSIVE, PASS, GateResult
 
 
 class ScriptedLink:
@@ -177,7 +177,7 @@ def rolled_back() -> Script:
 
 def pinned_clock(script: Script, after: float = 5.0) -> Any:
     """A console clock standing ``after`` seconds past the script's last event."""
-    from console.clock import FakeClock
+    from console.core.clock import FakeClock
 
     return FakeClock(start=1000.0, wall=script.at(after))
 

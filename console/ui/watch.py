@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from console import events as ev
-from console.journal import read_records, tail_records
-from console.state import deployments, events_of
+from console.core import events as ev
+from console.core.journal import read_records, tail_records
+from console.core.state import deployments, events_of
 
 
 class JournalFollowLink:
@@ -72,7 +72,7 @@ class JournalFollowLink:
 
 
 def run(args: argparse.Namespace, cfg: Any) -> int:
-    from console.lock import describe_holder, is_held, lock_path_for, read_holder
+    from console.core.lock import describe_holder, is_held, lock_path_for, read_holder
 
     link = JournalFollowLink(cfg.journal_path)
     lp = lock_path_for(cfg.journal_path)
@@ -81,8 +81,8 @@ def run(args: argparse.Namespace, cfg: Any) -> int:
         print(f"canary-console: watch needs a terminal; for a one-off view use `canary-console status` ({driver})",
               file=sys.stderr)
         return 2
-    from .app import run_console
-    from .sources import specs_from_config
+    from console.ui.app import run_console
+    from console.ui.sources import specs_from_config
 
     note = f"watching {cfg.journal_path} (read-only); driver: {driver}"
     run_console(link, log_sources=specs_from_config(cfg), metrics_note=note,

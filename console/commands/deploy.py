@@ -1,0 +1,244 @@
+"""`canary-console deploy`: preconditions, lock, resume/reconcile, then the engine.
+
+By default the engine runs as its own background process (console.remote.daemon, one per journal)
+and this process attaches a console to it (console.commands.attach), so a dropped SSH session or a
+closed terminal leaves the rollout, its gates and its automatic rollback running.
+``--foreground`` and ``--headless`` keep the engine in this process (CI, scripts)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from typing import Any
+
+from console.commands.cli import (
+    EXIT_LOCKED,
+    EXIT_PRECONDITION,
+    EXIT_USAGE,
+    VERSION_RE,
+    _err,
+    _lock,
+    _records,
+    _router_change,
+    _router_failed,
+)
+from console.core import events as ev
+from console.core.eventfmt import format_event
+from console.core.journal import Journal
+from console.core.protocols import RouterError
+from console.core.state import events_of, fold, last_applied_weight, unfinished
+
+
+def _confirm(question: str, yes: bool) -> bool:
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        _err(f"{question} needs confirmation: run again with --yes")
+        return False
+    try:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def deploy(args: argparse.Namespace, cfg: Any) -> int:
+    version = args.version
+    if not VERSION_RE.match(version):
+        _err(f"--version {version!r} is not valid; allowed: vMAJOR.MINOR.PATCH, e.g. v0.2.0")
+        return EXIT_USAGE
+    stages = cfg.stages
+    start_index = 0
+    if args.start_stage is not None:
+        if args.start_stage not in stages:
+            _err(f"--start-stage {args.start_stage} is not valid; allowed: one of the stages {stages}")
+            return EXIT_USAGE
+        start_index = stages.index(args.start_stage)
+    if args.json and not args.headless:
+        args.headless = True
+
+    if _engine_answers(cfg):
+        return EXIT_LOCKED
+    lk = _lock(cfg, f"deploy --version {version}")
+    if lk is None:
+        return EXIT_LOCKED
+    try:
+        return _deploy_locked(args, cfg, version, start_index, lk)
+    finally:
+        lk.release()  # a no-op once the lock went to the engine process
+
+
+def _engine_answers(cfg: Any) -> bool:
+    """A detached engine already drives this journal: say so, with the attach command."""
+    from console.core.lock import describe_holder, is_held, lock_path_for, read_holder
+    from console.remote.daemon import socket_answers
+    from console.remote.wire import socket_path_for
+
+    lp = lock_path_for(cfg.journal_path)
+    if not is_held(lp) or not socket_answers(socket_path_for(cfg.journal_path)):
+        return False
+    _err(f"another driver holds the lock: {describe_holder(read_holder(lp))}. "
+         "An engine runs there: watch or drive it with `canary-console attach` (`--take-over` to drive).")
+    return True
+
+
+def _deploy_locked(args: argparse.Namespace, cfg: Any, version: str, start_index: int, lk: Any) -> int:
+    from console.wiring import build_engine, build_router
+
+    records = _records(cfg)
+    open_dep = unfinished(records, version)
+    resumed, deployment_id = False, None
+    router = build_router(cfg)
+    journal = Journal(cfg.journal_path)
+    try:
+        if open_dep is not None and not args.resume:
+            _err(
+                f"deployment {open_dep.deployment_id} of {version} is unfinished ({open_dep.state}, stage "
+                f"{open_dep.stage_label()}, nginx last served canary {open_dep.weight}%). "
+                f"Resume: canary-console deploy --version {version} --resume   "
+                f"Roll back: canary-console rollback --reason \"...\""
+            )
+            return EXIT_PRECONDITION
+        if args.resume:
+            if open_dep is None:
+                _err(f"nothing to resume: no unfinished deployment of {version} in {cfg.journal_path}")
+                return EXIT_PRECONDITION
+            dep_events = events_of(records, open_dep.deployment_id)
+            st = fold(dep_events)
+            _say_engine_lost(st)
+            journaled = last_applied_weight(r for r in records if r.get("deployment_id") == open_dep.deployment_id)
+            if journaled is None:
+                journaled = 0
+            on_disk = router.current_weight()
+            if on_disk != journaled and not args.dry_run:
+                q = (f"upstream file says canary {on_disk}% but the journal says nginx last served {journaled}%: "
+                     f"rewrite the file to {journaled}%?")
+                if not _confirm(q, args.yes):
+                    _err("not resumed: the upstream file and the journal disagree; nothing was changed")
+                    return EXIT_PRECONDITION
+                try:
+                    asyncio.run(_router_change(cfg, journal, journaled, "resume: reconcile with journal",
+                                               open_dep.deployment_id, version, router=router))
+                except RouterError as e:
+                    return _router_failed(e)
+                print(f"reconciled: upstream file rewritten to canary {journaled}%", file=sys.stderr)
+            stages = cfg.stages
+            if journaled in stages:
+                start_index = stages.index(journaled)
+            else:
+                start_index = max(st.index, 0)
+            resumed, deployment_id = True, open_dep.deployment_id
+        elif not args.skip_checks and not args.dry_run:
+            code = _prechecks(cfg, version)
+            if code:
+                return code
+
+        if not (args.foreground or args.headless):
+            journal.close()
+            return _run_detached(args, cfg, version, start_index, deployment_id, resumed, lk)
+        use_console = not args.headless and sys.stdout.isatty()
+        engine = build_engine(
+            cfg, version, journal=journal, router=router, dry_run=args.dry_run, start_index=start_index,
+            deployment_id=deployment_id, resumed=resumed, stay_at_100=use_console,
+        )
+        if use_console:
+            return _run_console(engine, cfg, version, records)
+        return _run_headless(engine, json_lines=args.json)
+    finally:
+        journal.close()
+
+
+def _say_engine_lost(st: Any) -> None:
+    """Resuming after the engine died (kill -9, OOM, reboot): say which engine is gone."""
+    import socket
+
+    from console.remote.daemon import pid_alive
+
+    if st.engine_pid and st.engine_host == socket.gethostname() and not pid_alive(st.engine_pid):
+        print(f"engine pid {st.engine_pid} of {st.deployment_id} is gone (state {st.state}, stage {st.stage_label()}): "
+              "resuming from the journal", file=sys.stderr)
+
+
+def _run_detached(args: argparse.Namespace, cfg: Any, version: str, start_index: int, deployment_id: str | None,
+                  resumed: bool, lk: Any) -> int:
+    """Start the engine process with the lock, then attach this terminal to it."""
+    import os
+
+    from console.commands.attach import attach_spawned, ui_runner
+    from console.core.clock import RealClock
+    from console.core.engine import new_deployment_id
+    from console.remote.daemon import spawn_engine, wait_ready
+    from console.remote.wire import socket_path_for
+
+    deployment_id = deployment_id or new_deployment_id(version, RealClock())
+    ui = ui_runner() if sys.stdout.isatty() and sys.stdin.isatty() else None
+    proc = spawn_engine(
+        cfg, version, deployment_id, lock_fd=lk.fd, start_index=start_index, resumed=resumed, dry_run=args.dry_run,
+        stay_at_100=ui is not None and not args.dry_run, env_file=getattr(args, "env_file", None),
+        observation_period=args.observation_period, check_interval=args.check_interval,
+    )
+    # the engine holds the same flock through its inherited descriptor from its first instant (and
+    # rewrites the holder): closing ours without truncating leaves the lock with the engine alone
+    os.close(lk.fd)
+    lk.fd = None
+    ready = wait_ready(proc, socket_path_for(cfg.journal_path))
+    return attach_spawned(cfg, proc, deployment_id, ready=ready, ui=ui, json_lines=False)
+
+
+def _prechecks(cfg: Any, version: str) -> int:
+    """The pre-deployment checks (`canary-console check`), when that module is present."""
+    try:
+        from console.commands.check import print_table, run_checks
+    except ImportError:
+        return 0
+    rows = run_checks(cfg, version, strict=False, for_deploy=True)
+    failed = [r for r in rows if r.result == "fail"]
+    if failed:
+        print_table(rows, file=sys.stderr)
+        _err(f"{len(failed)} pre-deployment check(s) failed; nothing was changed. Fix them, or --skip-checks.")
+        return EXIT_PRECONDITION
+    return 0
+
+
+def _run_headless(engine: Any, json_lines: bool) -> int:
+    def printer(e: ev.Event) -> None:
+        line = json.dumps(e.to_record()) if json_lines else format_event(e)
+        print(line, flush=True)
+
+    engine.add_listener(printer)
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, engine.interrupt, sig.name)
+        try:
+            return await engine.run()
+        finally:
+            await close_engine(engine)
+
+    code = asyncio.run(main())
+    if code == 130:
+        print(f"interrupted: traffic stays where it is. Resume: canary-console deploy --version {engine.version} --resume",
+              file=sys.stderr)
+    return code
+
+
+async def close_engine(engine: Any) -> None:
+    """Close the engine's adapters (HTTP clients) once it has finished."""
+    for obj in [engine.health, *engine.checkers]:
+        closer = getattr(obj, "aclose", None)
+        if closer is not None:
+            try:
+                await closer()
+            except Exception:  # closing is best effort
+                pass
+
+
+def _run_console(engine: Any, cfg: Any, version: str, records: list[dict[str, Any]]) -> int:
+    try:
+        from console.ui.app import run_console_with_engine
+    except ImportError:
+        return _run_headless(engine, json_lines=False)
+    return run_console_with_engine(engine, cfg, version)

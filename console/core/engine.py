@@ -1,0 +1,638 @@
+"""The rollout engine: an async state machine fed by ticks, check results and operator intents.
+
+It owns no UI.  Every step is an event (console.core.events), journaled before anyone sees it;
+side effects go through the router, health and checker adapters.  Time comes from a Clock,
+so tests run a 15-minute stage in milliseconds with a FakeClock.
+
+Exit codes returned by ``run``: 0 canary at 100% (or promoted), 3 rolled back,
+4 precondition failed, 6 the router could not apply a change, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from console.core import events as ev
+from console.core.clock import Clock, RealClock
+from console.core.events import ERROR, FAIL, PASS, GateResult, Intent, Operator
+from console.core.journal import Journal
+from console.core.protocols import CheckContext, Checker, HealthResult, RouterError, TrafficRouter
+from console.core.state import DeploymentState, apply
+
+EXIT_OK = 0
+EXIT_ROLLED_BACK = 3
+EXIT_PRECONDITION = 4
+EXIT_ROUTER = 6
+EXIT_INTERRUPTED = 130
+
+ROLLBACK_ATTEMPTS = 3
+
+
+@dataclass
+class Settings:
+    stages: list[int]
+    observation_period: float
+    check_interval: float
+    consecutive_failures: int = 3
+    on_inconclusive: str = "hold"
+    on_metrics_unavailable: str = "hold"
+    unavailable_after: int = 3
+    min_stage_time: float = 0.0
+    check_timeout: float = 0.0  # 0: max(5 s, 2 x check_interval)
+    canary_health_url: str = ""
+    health_timeout: float = 5.0
+    dry_run: bool = False
+    stay_at_100: bool = False  # keep checking at 100% until promote / rollback / stop
+
+    @classmethod
+    def from_config(cls, cfg: Any, **over: Any) -> Settings:
+        r, g = cfg["rollout"], cfg["gates"]
+        s = cls(
+            stages=list(r["stages"]),
+            observation_period=r["observation_period"],
+            check_interval=r["check_interval"],
+            consecutive_failures=g["consecutive_failures"],
+            on_inconclusive=g["on_inconclusive"],
+            on_metrics_unavailable=g["on_metrics_unavailable"],
+            unavailable_after=g["unavailable_after"],
+            min_stage_time=r["min_stage_time"],
+            canary_health_url=cfg["health"]["canary_url"],
+            health_timeout=cfg["health"]["timeout"],
+        )
+        for k, v in over.items():
+            if v is not None:
+                setattr(s, k, v)
+        return s
+
+
+class _Rollback(Exception):
+    def __init__(self, reason: str, automatic: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.automatic = automatic
+
+
+class _Interrupted(Exception):
+    def __init__(self, signal: str) -> None:
+        super().__init__(signal)
+        self.signal = signal
+
+
+class _Stop(Exception):
+    pass
+
+
+@dataclass
+class _Stage:
+    """Book-keeping for the observation of one stage."""
+
+    index: int
+    weight: int
+    period: float
+    limit: float
+    started: float  # clock time the weight was applied
+    elapsed: float = 0.0
+    paused: bool = False
+    hold: str = ""  # why we wait for the operator ("" = not holding)
+    hold_kind: str = ""  # "unavailable" | "inconclusive"
+    extended: bool = False
+    breaches: dict[str, int] = field(default_factory=dict)
+    unavailable: int = 0
+    last: tuple[GateResult, ...] = ()
+    checks: int = 0
+
+
+def new_deployment_id(version: str, clock: Clock) -> str:
+    return f"{version}-{clock.utcnow().strftime('%Y%m%dT%H%M%SZ')}-{os.urandom(2).hex()}"
+
+
+def resume_command(version: str) -> str:
+    return f"canary-console deploy --version {version} --resume"
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        version: str,
+        router: TrafficRouter,
+        journal: Journal,
+        clock: Clock | None = None,
+        checkers: Sequence[Checker] = (),
+        health: Any = None,
+        operator: Operator | None = None,
+        deployment_id: str | None = None,
+        start_index: int = 0,
+        resumed: bool = False,
+        listeners: Sequence[Callable[[ev.Event], object]] = (),
+        on_promote: Callable[[Intent], Awaitable[ev.Event | None]] | None = None,
+        startup_notes: Sequence[tuple[str, str]] = (),
+        services: Sequence[Any] = (),
+    ) -> None:
+        if not 0 <= start_index < len(settings.stages):
+            raise ValueError(f"start_index {start_index} is not a stage index")
+        self.s = settings
+        self.version = version
+        self.router = router
+        self.journal = journal
+        self.clock = clock or RealClock()
+        self.checkers = list(checkers)
+        self.health = health
+        self.operator = operator or Operator.current()
+        self.deployment_id = deployment_id or new_deployment_id(version, self.clock)
+        self.start_index = start_index
+        self.resumed = resumed
+        self.on_promote = on_promote
+        self.startup_notes = list(startup_notes)
+        self.services = list(services)  # started when run() starts, closed when it ends (notifier)
+        self.state = DeploymentState()
+        self._listeners: list[Callable[[ev.Event], object]] = list(listeners)
+        self._queues: list[asyncio.Queue[ev.Event]] = []
+        self._intents: list[Intent | tuple[str, str]] = []
+        self._wake = asyncio.Event()
+        self._last_by_gate: dict[str, GateResult] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._weight: int | None = None
+        self.exit_code: int | None = None
+
+    # ------------------------------------------------------------------ plumbing
+    def subscribe(self, maxsize: int = 0) -> asyncio.Queue[ev.Event]:
+        q: asyncio.Queue[ev.Event] = asyncio.Queue(maxsize)
+        self._queues.append(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[ev.Event]) -> None:
+        if q in self._queues:
+            self._queues.remove(q)
+
+    def add_listener(self, fn: Callable[[ev.Event], object]) -> None:
+        self._listeners.append(fn)
+
+    def _emit(self, cls: type[ev.Event], **kw: Any) -> ev.Event:
+        return self.publish(cls(
+            ts=self.clock.utcnow().isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            deployment_id=self.deployment_id,
+            version=self.version,
+            dry_run=self.s.dry_run,
+            **kw,
+        ))
+
+    def publish(self, e: ev.Event) -> ev.Event:
+        """Journal a ready-made event, fold it, and hand it to every consumer."""
+        self.journal.append(e)  # durable before anyone acts on it
+        self.state = apply(self.state, e)
+        for q in list(self._queues):
+            try:
+                q.put_nowait(e)
+            except asyncio.QueueFull:
+                pass  # a slow consumer loses events, never the engine
+        for fn in self._listeners:
+            try:
+                r = fn(e)
+                if asyncio.iscoroutine(r):
+                    t = asyncio.ensure_future(r)
+                    self._tasks.add(t)
+                    t.add_done_callback(self._tasks.discard)
+            except Exception as exc:  # a listener never breaks the rollout
+                self.note("warning", f"listener failed: {type(exc).__name__}: {exc}")
+        return e
+
+    def note(self, level: str, message: str, **data: Any) -> None:
+        self._emit(ev.Note, level=level, message=message, data=data)
+
+    def submit(self, intent: Intent) -> None:
+        """Queue an operator intent (from the console, the socket, a test)."""
+        self._intents.append(intent)
+        self._wake.set()
+
+    def interrupt(self, signal: str = "SIGINT") -> None:
+        """Stop at the next safe point; the traffic stays where it is."""
+        self._intents.append(("interrupt", signal))
+        self._wake.set()
+
+    def stop(self) -> None:
+        """End monitoring at 100% (stay_at_100) without changing anything."""
+        self._intents.append(("stop", ""))
+        self._wake.set()
+
+    # ------------------------------------------------------------------ run
+    async def run(self) -> int:
+        for svc in self.services:
+            svc.start()
+        try:
+            return await self._run_outer()
+        finally:
+            for svc in self.services:
+                try:
+                    await svc.aclose(5.0)
+                except Exception as exc:  # closing a service never changes the outcome
+                    self.note("warning", f"{type(svc).__name__} did not close cleanly: {exc}")
+
+    async def _run_outer(self) -> int:
+        s = self.s
+        self._emit(
+            ev.DeploymentStarted,
+            stages=tuple(s.stages),
+            start_stage=s.stages[self.start_index],
+            observation_period=s.observation_period,
+            check_interval=s.check_interval,
+            operator=self.operator,
+            resumed=self.resumed,
+            engine_pid=os.getpid(),
+            engine_host=socket.gethostname(),
+        )
+        for level, message in self.startup_notes:
+            self.note(level, message)
+        try:
+            code = await self._run()
+        except _Rollback as rb:
+            code = await self._rollback(rb.reason, rb.automatic)
+        except _Interrupted as it:
+            idx = max(self.state.index, 0)
+            w = self._weight if self._weight is not None else (self.state.weight or 0)
+            self._emit(ev.Interrupted, index=idx, weight=w, signal=it.signal, resume_command=resume_command(self.version))
+            code = EXIT_INTERRUPTED
+        except RouterError as e:
+            self._emit(ev.Failed, reason=f"router: {e}", index=max(self.state.index, 0), weight=self._weight or 0)
+            code = EXIT_ROUTER
+        self.exit_code = code
+        await self._drain_tasks()
+        return code
+
+    async def _drain_tasks(self, timeout: float = 5.0) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
+    async def _run(self) -> int:
+        s = self.s
+        if not await self._precheck():
+            return EXIT_PRECONDITION
+        idx = self.start_index
+        while True:
+            await self._begin_stage(idx)  # before the traffic moves: latency edges, the stage's MDE
+            self._take_urgent()  # a rollback or interrupt queued meanwhile wins over raising the traffic
+            await self._set_weight(s.stages[idx], f"stage {idx + 1}/{len(s.stages)}")
+            self._emit(
+                ev.StageStarted, index=idx, weight=s.stages[idx], total=len(s.stages),
+                observation_period=s.observation_period, min_period=s.min_stage_time,
+            )
+            if idx == len(s.stages) - 1:
+                self._emit(ev.Completed, index=idx)
+                if not s.stay_at_100:
+                    return EXIT_OK
+                return await self._monitor_at_100(idx)
+            step = await self._observe(idx)
+            if step == "next":
+                idx += 1
+            else:  # "back"
+                idx -= 1
+
+    async def _begin_stage(self, idx: int) -> None:
+        """Checkers that prepare per stage (the analysis' MDE, the scrape sampler) say so in notes."""
+        ctx = CheckContext(deployment_id=self.deployment_id, version=self.version, index=idx, weight=self.s.stages[idx],
+                           stage_elapsed=0.0, stage_wall_start=self.clock.monotonic(), min_period=self.s.min_stage_time)
+        for c in self.checkers:
+            begin = getattr(c, "begin_stage", None)
+            if begin is None:
+                continue
+            try:
+                notes = await asyncio.wait_for(begin(ctx), max(5.0, self.s.check_interval))
+            except Exception as e:  # preparing is best effort; the checks still judge
+                notes = [{"level": "warning", "message": f"{type(c).__name__} could not prepare stage {idx + 1}: {e}"}]
+            for n in notes or ():
+                self.note(n.get("level", "info"), n.get("message", ""), **(n.get("data") or {}))
+
+    async def _precheck(self) -> bool:
+        if self.health is None or not self.s.canary_health_url:
+            self.note("warning", "no canary health URL configured: pre-start health check skipped")
+            return True
+        res: HealthResult = await self.health.check(self.s.canary_health_url, self.s.health_timeout)
+        if not res.ok:
+            self._emit(ev.Failed, reason=f"canary is not healthy before the first stage: {res.detail}", index=self.start_index)
+            return False
+        self.note("info", f"canary healthy: {res.detail}")
+        return True
+
+    async def _set_weight(self, weight: int, reason: str) -> None:
+        previous = self._weight if self._weight is not None else self.router.current_weight()
+        gen = f"{self.deployment_id}:{os.urandom(3).hex()}"
+        self._emit(ev.RouterIntent, weight=weight, previous_weight=previous, generation=gen, reason=reason)
+        if self.s.dry_run:
+            self._emit(ev.RouterApplied, weight=weight, generation=gen, duration_ms=0.0)
+            self._weight = weight
+            return
+        try:
+            took = await asyncio.shield(self.router.apply(weight, gen))
+        except RouterError as e:
+            detail = f"{e}: {e.detail}".strip(": ") if e.detail else str(e)
+            self._emit(ev.RouterFailed, weight=weight, generation=gen, error=detail, restored_weight=e.restored_weight)
+            raise
+        self._weight = weight
+        self._emit(ev.RouterApplied, weight=weight, generation=gen, duration_ms=round(took * 1000, 2))
+
+    # ------------------------------------------------------------------ observation
+    async def _wait(self, seconds: float) -> None:
+        """Sleep on the clock, waking early for an intent."""
+        if self._intents:
+            return
+        self._wake.clear()
+        sleeper = asyncio.ensure_future(self.clock.sleep(max(0.0, seconds)))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (sleeper, waker):
+                if not t.done():
+                    t.cancel()
+
+    async def _observe(self, idx: int) -> str:
+        s = self.s
+        now = self.clock.monotonic()
+        st = _Stage(index=idx, weight=s.stages[idx], period=s.observation_period, limit=s.observation_period, started=now)
+        last_tick = now
+        next_check = now + s.check_interval
+        while True:
+            now = self.clock.monotonic()
+            if not st.paused and not st.hold:
+                st.elapsed += now - last_tick
+            last_tick = now
+            step = self._handle_intents(st)
+            if step:
+                return step
+            if now >= next_check - 1e-9:
+                await self._check(st)
+                next_check = max(next_check + s.check_interval, self.clock.monotonic() + s.check_interval * 0.5)
+                continue
+            if not st.paused and not st.hold and st.elapsed >= st.limit - 1e-9:
+                if st.checks == 0:
+                    await self._check(st)
+                step = self._end_of_observation(st)
+                if step:
+                    return step
+                continue
+            wait = next_check - now
+            if not st.paused and not st.hold:
+                wait = min(wait, st.limit - st.elapsed)
+            await self._wait(wait)
+
+    def _handle_intents(self, st: _Stage | None) -> str | Intent | None:
+        while self._intents:
+            it = self._intents.pop(0)
+            if isinstance(it, tuple):
+                if it[0] == "interrupt":
+                    raise _Interrupted(it[1])
+                if it[0] == "stop" and st is None:
+                    raise _Stop()
+                continue
+            step = self._apply_intent(it, st)
+            if step:
+                return step
+        return None
+
+    def _act(self, it: Intent, accepted: bool = True, detail: str = "") -> None:
+        self._emit(ev.OperatorAction, action=it.action, operator=it.operator, detail=detail or it.reason, accepted=accepted)
+
+    def _apply_intent(self, it: Intent, st: _Stage | None) -> str | Intent | None:
+        a = it.action
+        if a == "rollback":
+            self._act(it)
+            raise _Rollback(it.reason or f"manual rollback by {it.operator.label()}", automatic=False)
+        if st is None:  # at 100%
+            if a == "promote":
+                return it
+            self._act(it, False, f"{a} does nothing at 100%: promote or roll back")
+            return None
+        if a == "advance":
+            self._act(it, detail=it.reason or "skip the rest of the observation")
+            self._emit(ev.StagePassed, index=st.index, weight=st.weight, reason=f"advanced by {it.operator.label()}")
+            return "next"
+        if a == "step_back":
+            if st.index == 0:
+                self._act(it, False, "already at the first stage: use rollback to go to 0%")
+                return None
+            self._act(it, detail=f"back to {self.s.stages[st.index - 1]}%")
+            return "back"
+        if a == "pause":
+            if st.paused:
+                self._act(it, False, "already paused")
+                return None
+            self._act(it)
+            st.paused = True
+            self._emit(ev.Paused, index=st.index, weight=st.weight, remaining=max(0.0, st.limit - st.elapsed))
+            return None
+        if a == "resume":
+            if not st.paused and not st.hold:
+                self._act(it, False, "not paused")
+                return None
+            self._act(it)
+            if st.hold and st.hold_kind == "inconclusive":
+                st.limit = st.elapsed + st.period  # observe one more period
+            st.paused, st.hold, st.hold_kind = False, "", ""
+            self._emit(ev.Resumed, index=st.index, weight=st.weight, remaining=max(0.0, st.limit - st.elapsed))
+            return None
+        if a == "promote":
+            self._act(it, False, "promote is only possible at 100%")
+            return None
+        self._act(it, False, f"unknown action {a}")
+        return None
+
+    async def _run_checks(self, ctx: CheckContext) -> list[GateResult]:
+        timeout = self.s.check_timeout or max(5.0, 2 * self.s.check_interval)
+        results: list[GateResult] = []
+
+        async def health() -> list[GateResult]:
+            if self.health is None or not self.s.canary_health_url:
+                return []
+            r: HealthResult = await self.health.check(self.s.canary_health_url, self.s.health_timeout)
+            return [GateResult("health", PASS if r.ok else FAIL, critical=True, detail=r.detail,
+                               value=r.elapsed_ms, window="now")]
+
+        async def one(name: str, coro: Awaitable[Sequence[GateResult]]) -> list[GateResult]:
+            try:
+                return list(await asyncio.wait_for(coro, timeout))
+            except TimeoutError:
+                return [GateResult(name, ERROR, detail=f"{name} did not answer within {timeout:g}s")]
+            except Exception as e:  # a checker bug is a failed check, never a pass
+                return [GateResult(name, ERROR, detail=f"{type(e).__name__}: {e}")]
+
+        jobs = [one("health", health())]
+        for c in self.checkers:
+            jobs.append(one(getattr(c, "name", type(c).__name__), c.check(ctx)))
+        for part in await asyncio.gather(*jobs):
+            results.extend(part)
+        return results
+
+    def _take_urgent(self) -> None:
+        """Act on a queued rollback or interrupt now (raises); other intents wait their turn."""
+        for it in self._intents:
+            if isinstance(it, tuple) and it[0] == "interrupt":
+                self._intents.remove(it)
+                raise _Interrupted(it[1])
+            if isinstance(it, Intent) and it.action == "rollback":
+                self._intents.remove(it)
+                self._apply_intent(it, None)  # raises _Rollback
+
+    async def _preemptible(self, coro: Awaitable[list[GateResult]]) -> list[GateResult]:
+        """Run a check, but let a rollback (or an interrupt) in at once: a slow Prometheus must
+        never delay the operator's rollback by a check timeout."""
+        task = asyncio.ensure_future(coro)
+        try:
+            while True:
+                self._take_urgent()
+                self._wake.clear()
+                waker = asyncio.ensure_future(self._wake.wait())
+                try:
+                    await asyncio.wait({task, waker}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waker.cancel()
+                if task.done():
+                    return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+
+    async def _check(self, st: _Stage) -> None:
+        s = self.s
+        ctx = CheckContext(
+            deployment_id=self.deployment_id, version=self.version, index=st.index, weight=st.weight,
+            stage_elapsed=st.elapsed, stage_wall_start=st.started, min_period=s.min_stage_time,
+        )
+        results = await self._preemptible(self._run_checks(ctx))
+        st.checks += 1
+        st.last = tuple(results)
+        for r in results:
+            if r.verdict != ERROR or r.gate not in self._last_by_gate:
+                self._last_by_gate[r.gate] = r
+
+        decision, reason = "continue", ""
+        crit = [r for r in results if r.verdict == FAIL and r.critical]
+        for r in results:
+            if r.verdict == FAIL and not r.critical:
+                st.breaches[r.gate] = st.breaches.get(r.gate, 0) + 1
+            else:
+                st.breaches.pop(r.gate, None)
+        held = [g for g, n in st.breaches.items() if n >= s.consecutive_failures]
+        errors = [r for r in results if r.verdict == ERROR and r.blocking]
+        st.unavailable = st.unavailable + 1 if errors else 0
+
+        if crit:
+            decision, reason = "rollback", describe(crit[0])
+        elif held:
+            r = next(x for x in results if x.gate == held[0])
+            decision, reason = "rollback", f"{describe(r)} for {st.breaches[held[0]]} checks in a row"
+        elif st.unavailable >= s.unavailable_after:
+            why = f"metrics unavailable for {st.unavailable} checks: {errors[0].detail}"
+            if s.on_metrics_unavailable == "rollback":
+                decision, reason = "rollback", why
+            else:
+                decision, reason = "hold", why
+        elif st.hold_kind == "unavailable":
+            decision = "continue"
+
+        self._emit(
+            ev.CheckCompleted, index=st.index, weight=st.weight, elapsed=round(st.elapsed, 3),
+            remaining=round(max(0.0, st.limit - st.elapsed), 3), results=tuple(results), breaches=dict(st.breaches),
+            consecutive_failures=s.consecutive_failures, unavailable=st.unavailable, decision=decision,
+        )
+        if decision == "rollback":
+            raise _Rollback(reason, automatic=True)
+        if decision == "hold" and not st.hold:
+            st.hold, st.hold_kind = reason, "unavailable"
+            self._emit(ev.Holding, index=st.index, weight=st.weight, reason=reason)
+        elif st.hold_kind == "unavailable" and not errors:
+            st.hold, st.hold_kind = "", ""
+            self.note("info", "metrics are back: observation continues")
+            self._emit(ev.Resumed, index=st.index, weight=st.weight, remaining=max(0.0, st.limit - st.elapsed))
+
+    def _end_of_observation(self, st: _Stage) -> str | None:
+        s = self.s
+        blocking = [r for r in st.last if r.blocking and r.verdict != PASS]
+        if not blocking and st.last:
+            self._emit(ev.StagePassed, index=st.index, weight=st.weight, reason="every gate passed on data")
+            return "next"
+        failing = [r for r in blocking if r.verdict == FAIL]
+        names = ", ".join(f"{r.gate} {r.verdict}" for r in blocking) or "no gate reported"
+        if not st.extended:
+            st.extended = True
+            st.limit = 2 * st.period
+            self._emit(ev.StageExtended, index=st.index, weight=st.weight, reason=f"not every gate passed: {names}",
+                       until=st.limit)
+            return None
+        if failing:
+            raise _Rollback(f"{describe(failing[0])} at the end of the extended observation", automatic=True)
+        why = f"inconclusive after {st.limit:g}s of observation: {names}"
+        if s.on_inconclusive == "rollback":
+            raise _Rollback(why, automatic=True)
+        st.hold, st.hold_kind = why, "inconclusive"
+        self._emit(ev.Holding, index=st.index, weight=st.weight, reason=why)
+        return None
+
+    async def _monitor_at_100(self, idx: int) -> int:
+        """At 100%: keep the gates running until promote, rollback or stop."""
+        s = self.s
+        st = _Stage(index=idx, weight=100, period=s.observation_period, limit=float("inf"),
+                    started=self.clock.monotonic())
+        while True:
+            try:
+                step = self._handle_intents(None)
+            except _Stop:
+                return EXIT_OK
+            if isinstance(step, Intent):
+                return await self._promote(step)
+            await self._wait(s.check_interval)
+            if not self._intents:
+                await self._check(st)
+
+    async def _promote(self, it: Intent) -> int:
+        """Promote at 100%.  With an ``on_promote`` hook (console.commands.promote), the hook decides
+        and journals; a refusal keeps the engine monitoring at 100%."""
+        if self.on_promote is None:
+            self._act(it)
+            self._emit(ev.Promoted, operator=it.operator, approvals=it.approvals, reason=it.reason)
+            return EXIT_OK
+        self._act(it)
+        done = await self.on_promote(it)
+        if done is not None:
+            return EXIT_OK
+        return await self._monitor_at_100(max(self.state.index, 0))
+
+    # ------------------------------------------------------------------ rollback
+    async def _rollback(self, reason: str, automatic: bool) -> int:
+        """0% canary first; then the reason and the snapshot."""
+        idx = max(self.state.index, 0)
+        from_weight = self._weight if self._weight is not None else (self.state.weight or 0)
+        last_error = ""
+        for attempt in range(ROLLBACK_ATTEMPTS):
+            try:
+                await self._set_weight(0, f"rollback: {reason}")
+                break
+            except RouterError as e:
+                last_error = str(e)
+                await self.clock.sleep(0.5 * (attempt + 1))
+        else:
+            self._emit(ev.Failed, reason=f"rollback to 0% failed {ROLLBACK_ATTEMPTS} times: {last_error}; "
+                       "traffic may still reach the canary: run `canary-console weights 0`", index=idx, weight=from_weight)
+            return EXIT_ROUTER
+        self._emit(ev.RolledBack, reason=reason, automatic=automatic, index=idx, from_weight=from_weight,
+                   snapshot=tuple(self._last_by_gate.values()))
+        return EXIT_ROLLED_BACK
+
+
+def describe(r: GateResult) -> str:
+    """"error_rate 0.052 >= 0.005 (5m, n=412)"."""
+    parts = [r.gate]
+    if r.value is not None:
+        parts.append(f"{r.value:.4g}")
+        if r.threshold is not None:
+            parts.append(f"vs threshold {r.threshold:.4g}")
+    extra = ", ".join(x for x in (r.window, f"n={r.samples}" if r.samples is not None else "") if x)
+    out = " ".join(parts) + (f" ({extra})" if extra else "")
+    if r.verdict == FAIL and r.detail:
+        out += f": {r.detail}"
+    return out

@@ -1,0 +1,219 @@
+"""Deployment state folded from events.
+
+The same fold serves the live console (events as they arrive), ``status``, ``history``,
+``replay``, resume and attach (records read back from the journal), so every view of a
+deployment agrees with the journal by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from console.core import events as ev
+from console.core.events import GateResult
+
+# states shown to the operator
+OBSERVING = "observing"
+PAUSED = "paused"
+HOLDING = "holding"
+ROLLING_BACK = "rolling back"
+ROLLED_BACK = "rolled back"
+AT_100 = "at 100%"
+PROMOTED = "promoted"
+INTERRUPTED = "interrupted"
+FAILED = "failed"
+STARTING = "starting"
+
+FINISHED = (ROLLED_BACK, PROMOTED, FAILED)
+
+
+@dataclass(frozen=True)
+class DeploymentState:
+    deployment_id: str = ""
+    version: str = ""
+    state: str = STARTING
+    stages: tuple[int, ...] = ()
+    index: int = -1  # current stage index; -1 before the first
+    weight: int | None = None  # last weight nginx verifiably served (journal: router_applied)
+    pending_weight: int | None = None  # intent written, outcome not yet
+    observation_period: float = 0.0
+    check_interval: float = 0.0
+    elapsed: float = 0.0
+    remaining: float = 0.0
+    passed: tuple[int, ...] = ()  # indexes of passed stages
+    failed_index: int | None = None
+    reason: str = ""
+    started: str = ""
+    ended: str = ""
+    last_ts: str = ""
+    driver: str = ""
+    dry_run: bool = False
+    results: tuple[GateResult, ...] = ()
+    breaches: dict[str, int] = field(default_factory=dict)
+    consecutive_failures: int = 0
+    automatic: bool | None = None
+    completed_at: str = ""
+    engine_pid: int = 0
+    engine_host: str = ""
+    approvals: tuple[str, ...] = ()
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
+
+    @property
+    def outcome(self) -> str:
+        if self.state in FINISHED or self.state == AT_100:
+            return self.state
+        return "unfinished"
+
+    @property
+    def live(self) -> bool:
+        return self.state in (STARTING, OBSERVING, PAUSED, HOLDING, ROLLING_BACK, AT_100)
+
+    def stage_label(self) -> str:
+        if self.index < 0 or not self.stages:
+            return "-"
+        return f"{self.index + 1}/{len(self.stages)} ({self.stages[self.index]}%)"
+
+
+def apply(s: DeploymentState, e: ev.Event) -> DeploymentState:
+    """Fold one event into the state."""
+    s = replace(s, last_ts=e.ts, deployment_id=e.deployment_id or s.deployment_id, version=e.version or s.version)
+    if isinstance(e, ev.DeploymentStarted):
+        op = e.operator.label() if e.operator else ""
+        return replace(
+            s,
+            state=OBSERVING if e.resumed and s.index >= 0 else STARTING,
+            stages=tuple(e.stages),
+            observation_period=e.observation_period,
+            check_interval=e.check_interval,
+            started=s.started or e.ts,
+            driver=op or s.driver,
+            dry_run=e.dry_run,
+            engine_pid=e.engine_pid,
+            engine_host=e.engine_host,
+        )
+    if isinstance(e, ev.RouterIntent):
+        if e.reason.startswith("rollback"):
+            return replace(s, pending_weight=e.weight, state=ROLLING_BACK, reason=e.reason.removeprefix("rollback: "))
+        return replace(s, pending_weight=e.weight)
+    if isinstance(e, ev.RouterApplied):
+        return replace(s, weight=e.weight, pending_weight=None)
+    if isinstance(e, ev.RouterFailed):
+        return replace(s, pending_weight=None, weight=e.restored_weight if e.restored_weight is not None else s.weight)
+    if isinstance(e, ev.StageStarted):
+        return replace(
+            s,
+            state=OBSERVING,
+            index=e.index,
+            observation_period=e.observation_period,
+            elapsed=0.0,
+            remaining=e.observation_period,
+            breaches={},
+            passed=tuple(i for i in s.passed if i < e.index),
+            reason="",
+        )
+    if isinstance(e, ev.CheckCompleted):
+        st = s.state
+        if e.decision == "hold":
+            st = HOLDING
+        elif st == HOLDING and e.decision == "continue":
+            st = OBSERVING
+        return replace(
+            s,
+            state=st,
+            elapsed=e.elapsed,
+            remaining=e.remaining,
+            results=e.results,
+            breaches=dict(e.breaches),
+            consecutive_failures=e.consecutive_failures,
+        )
+    if isinstance(e, ev.StageExtended):
+        return replace(s, reason=e.reason, remaining=max(0.0, e.until - s.elapsed))
+    if isinstance(e, ev.StagePassed):
+        return replace(s, passed=tuple(sorted(set(s.passed) | {e.index})))
+    if isinstance(e, ev.Holding):
+        return replace(s, state=HOLDING, reason=e.reason)
+    if isinstance(e, ev.Paused):
+        return replace(s, state=PAUSED, remaining=e.remaining)
+    if isinstance(e, ev.Resumed):
+        return replace(s, state=OBSERVING, remaining=e.remaining, reason="")
+    if isinstance(e, ev.OperatorAction):
+        if e.action == "take_over" and e.accepted and e.operator:
+            return replace(s, driver=e.operator.label())
+        return s
+    if isinstance(e, ev.RollbackStarted):
+        return replace(s, state=ROLLING_BACK, reason=e.reason, automatic=e.automatic, failed_index=e.index)
+    if isinstance(e, ev.RolledBack):
+        return replace(
+            s, state=ROLLED_BACK, reason=e.reason, automatic=e.automatic, failed_index=e.index, ended=e.ts,
+            results=e.snapshot or s.results,
+        )
+    if isinstance(e, ev.Completed):
+        return replace(s, state=AT_100, index=e.index, completed_at=s.completed_at or e.ts,
+                       passed=tuple(sorted(set(s.passed) | {e.index})))
+    if isinstance(e, ev.Promoted):
+        return replace(s, state=PROMOTED, ended=e.ts, approvals=e.approvals, reason=e.reason)
+    if isinstance(e, ev.Interrupted):
+        return replace(s, state=INTERRUPTED, reason=f"interrupted at stage {e.weight}% ({e.signal})")
+    if isinstance(e, ev.Failed):
+        return replace(s, state=FAILED, reason=e.reason, ended=e.ts)
+    return s
+
+
+def fold(events: Iterable[ev.Event], initial: DeploymentState | None = None) -> DeploymentState:
+    s = initial or DeploymentState()
+    for e in events:
+        s = apply(s, e)
+    return s
+
+
+def deployments(records: Iterable[dict[str, Any]]) -> dict[str, DeploymentState]:
+    """Every deployment in a journal, in order of first appearance, folded."""
+    out: dict[str, DeploymentState] = {}
+    for rec in records:
+        e = ev.event_from_record(rec)
+        if e is None or not e.deployment_id:
+            continue
+        out[e.deployment_id] = apply(out.get(e.deployment_id, DeploymentState()), e)
+    return out
+
+
+def events_of(records: Iterable[dict[str, Any]], deployment_id: str) -> list[ev.Event]:
+    out = []
+    for rec in records:
+        if rec.get("deployment_id") != deployment_id:
+            continue
+        e = ev.event_from_record(rec)
+        if e is not None:
+            out.append(e)
+    return out
+
+
+def last_applied_weight(records: Iterable[dict[str, Any]]) -> int | None:
+    """The weight nginx last verifiably served, according to the journal (any deployment)."""
+    w = None
+    for rec in records:
+        if rec.get("event") == "router_applied" and not rec.get("dry_run"):
+            w = rec.get("weight")
+        elif rec.get("event") == "router_failed" and rec.get("restored_weight") is not None and not rec.get("dry_run"):
+            w = rec.get("restored_weight")
+    return w
+
+
+def unfinished(records: Iterable[dict[str, Any]], version: str | None = None) -> DeploymentState | None:
+    """The latest deployment (of ``version``) that neither rolled back, failed nor was promoted
+    and did not simply reach 100%... a deployment at 100% is finished for ``deploy`` purposes."""
+    latest = None
+    for d in deployments(records).values():
+        if d.dry_run:
+            continue
+        if version is not None and d.version != version:
+            continue
+        if d.state in FINISHED or d.state == AT_100:
+            continue
+        latest = d
+    return latest

@@ -1,0 +1,1 @@
+"""The demo sandbox: real nginx, Prometheus, two demo services and traffic, supervised."""
