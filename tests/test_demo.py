@@ -24,9 +24,11 @@ from typing import Any
 
 import pytest
 
+from console.commands import demo
 from console.commands.cli import build_parser
 from console.core.journal import read_records
-from console.sandbox.supervisor import MARKER_ENV, Sandbox, demo
+from console.sandbox import drive, stack
+from console.sandbox.supervisor import MARKER_ENV, Sandbox
 from tests.fixtures.real import need_binary, port_listening
 
 CLI = str(Path(sys.executable).parent / "canary-console")
@@ -312,7 +314,7 @@ def test_sandbox_kills_a_group_that_ignores_sigterm_after_the_grace_period(tmp_p
 WEDGED_CONSOLE = """
 import json, os, pty, sys, time
 from pathlib import Path
-from console.sandbox.demo import ConsoleWatchdog
+from console.sandbox.drive import ConsoleWatchdog
 from console.sandbox.supervisor import Sandbox
 
 sb = Sandbox(Path(sys.argv[1]))
@@ -354,14 +356,14 @@ def test_a_taken_nginx_port_is_one_clear_line_and_exit_4(capsys: pytest.CaptureF
     holder.listen()
     taken = holder.getsockname()[1]
     seen: list[dict[str, Any]] = []
-    real_start_nginx = demo.start_nginx
+    real_start_nginx = stack.start_nginx
 
     def start_nginx_on_taken_port(sb: Any, nginx_bin: str, port: int, urls: dict[str, str]) -> Any:
         seen.append(sb.describe())
         return real_start_nginx(sb, nginx_bin, taken, urls)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(demo, "start_nginx", start_nginx_on_taken_port)
+    mp.setattr(stack, "start_nginx", start_nginx_on_taken_port)
     try:
         code = demo.run(demo_args("--headless", "--source", "scrape"))
     finally:
@@ -423,7 +425,7 @@ def test_a_crash_inside_the_demo_still_stops_every_child(capsys: pytest.CaptureF
         raise RuntimeError("boom")
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(demo, "drive", crash)
+    mp.setattr(drive, "drive", crash)
     try:
         with pytest.raises(RuntimeError, match="boom"):
             demo.run(demo_args("--headless", "--source", "scrape"))
