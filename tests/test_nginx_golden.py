@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from console.adapters.nginx.router import render_upstream
+from console.adapters.nginx import render_upstream
+from console.adapters.nginx.render import GENERATION_LOCATION
 from console.sandbox.nginx_local import LocalNginx
 from tests.fixtures.backends import Backends
-from tests.fixtures.nginx import NginxEnv, send_requests, wait_for_log_lines
+from tests.fixtures.nginx import NginxEnv, render_plain_conf, send_requests, wait_for_log_lines
 from tests.fixtures.real import free_port, need_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +30,46 @@ PROD, CANARY = "app:8000", "app-canary:8000"  # docker-compose service names, bo
 def test_rendered_upstream_matches_golden_file(weight: int) -> None:
     expected = (GOLDEN / f"upstream_{weight}.conf").read_text()
     assert render_upstream("fragrance_app", PROD, CANARY, weight, f"golden-{weight}") == expected
+
+
+def test_rendered_upstream_with_verify_listen_matches_golden_file() -> None:
+    expected = (GOLDEN / "upstream_25_verify_listen.conf").read_text()
+    rendered = render_upstream("fragrance_app", PROD, CANARY, 25, "golden-25", verify_listen="127.0.0.1:8089")
+    assert rendered == expected
+    # the same file as without verify_listen, plus the server at the end
+    assert rendered.startswith((GOLDEN / "upstream_25.conf").read_text())
+
+
+def test_generation_location_in_messages_is_the_shipped_one() -> None:
+    """PreflightFailed tells operators to add GENERATION_LOCATION: it must be what nginx.canary.conf has."""
+    conf = (ROOT / "nginx" / "nginx.canary.conf").read_text()
+    block = re.search(r"location = /__canary/generation \{.*?\}", conf, re.S)
+    assert block is not None
+    assert " ".join(block.group(0).split()) == GENERATION_LOCATION
+
+
+@pytest.mark.parametrize("nginx_conf", ["plain", "shipped"])
+def test_include_with_verify_listen_passes_nginx_t(tmp_path: Path, nginx_conf: str) -> None:
+    """A real `nginx -t` of an nginx.conf that includes the golden file (compose names swapped for
+    loopback addresses nginx -t can resolve): an operator's own conf, and the shipped one."""
+    need_binary("nginx")
+    prefix, port = tmp_path / "nginx", free_port()
+    upstream = tmp_path / "conf.d" / "upstream.conf"
+    upstream.parent.mkdir()
+    golden = (GOLDEN / "upstream_25_verify_listen.conf").read_text()
+    upstream.write_text(golden.replace(CANARY, "127.0.0.1:18001").replace(PROD, "127.0.0.1:18000"))
+    if nginx_conf == "plain":
+        conf = render_plain_conf(prefix, port, upstream)
+    else:
+        conf = _localize((ROOT / "nginx" / "nginx.canary.conf").read_text(), prefix, port,
+                         {"/etc/nginx/conf.d/upstream.conf": str(upstream)})
+    nginx = LocalNginx(prefix, port, upstream, conf_text=conf)
+    nginx.write_conf()
+
+    r = subprocess.run(nginx.test_command, capture_output=True, text=True, timeout=30)
+
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (f"include {upstream};" in conf) and ("listen 127.0.0.1:8089;" in upstream.read_text())
 
 
 def test_shipped_upstream_conf_is_the_routers_0_percent_file() -> None:

@@ -10,12 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from console.adapters.nginx.router import NginxRouter, RouterNotVerified, render_upstream, weight_of
-from console.core.config import load_config
+from console.adapters.nginx import NginxRouter, PreflightFailed, RouterNotVerified, render_upstream, weight_of
+from console.adapters.nginx.render import GENERATION_LOCATION, listen_url
+from console.core.config import ConfigError, load_config
 from console.core.protocols import RouterError
 from console.sandbox.nginx_local import LocalNginx
 from tests.fixtures.backends import Backends
-from tests.fixtures.nginx import INITIAL_GENERATION, NginxEnv, start_nginx_env, write_canary_toml
+from tests.fixtures.nginx import (
+    INITIAL_GENERATION,
+    NginxEnv,
+    get_text,
+    start_nginx_env,
+    start_plain_nginx_env,
+    write_canary_toml,
+)
 from tests.fixtures.real import free_port, need, need_binary, port_listening
 
 pytestmark = pytest.mark.real
@@ -390,16 +398,23 @@ def test_local_nginx_runs_as_non_root(tmp_path: Path) -> None:
             user = "nobody"
             pw = pwd.getpwnam(user)
             os.chown(base, pw.pw_uid, pw.pw_gid)
-        pkg = base / "console"  # stdlib only: nginx_local.py and the helpers it imports, as a package
-        pkg.mkdir()
-        pkg.chmod(0o755)
-        for name in ("__init__.py", "nginx_local.py", "procs.py"):  # procs: stdlib + ctypes only
-            src = Path(__file__).resolve().parent.parent / "console" / name
-            (pkg / name).write_text(src.read_text() if name != "__init__.py" else "")
-            (pkg / name).chmod(0o644)
-        if user:
-            pw = pwd.getpwnam(user)
-            os.chown(pkg, pw.pw_uid, pw.pw_gid)
+        pkg = base / "console"  # stdlib only: console.sandbox.nginx_local and the helpers it imports
+        sandbox = pkg / "sandbox"
+        sandbox.mkdir(parents=True)
+        src = Path(__file__).resolve().parent.parent / "console" / "sandbox"
+        for target, text in (
+            (pkg / "__init__.py", ""),
+            (sandbox / "__init__.py", ""),
+            (sandbox / "nginx_local.py", (src / "nginx_local.py").read_text()),
+            (sandbox / "procs.py", (src / "procs.py").read_text()),  # procs: stdlib + ctypes only
+        ):
+            target.write_text(text)
+            target.chmod(0o644)
+        for d in (pkg, sandbox):
+            d.chmod(0o755)
+            if user:
+                pw = pwd.getpwnam(user)
+                os.chown(d, pw.pw_uid, pw.pw_gid)
         python = _python_for(user)
         r = subprocess.run(
             [python, "-c", _NON_ROOT_CHILD, str(base), str(base), str(free_port())],
@@ -428,3 +443,249 @@ def _python_for(user: str | None) -> str:
             continue
     need("a Python runnable as a non-root user", False, "neither the venv's Python nor /usr/bin/python3 is executable")
     raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- the package's names
+
+
+def test_router_module_still_offers_the_names_callers_import() -> None:
+    """bench/rollback.py, commands/check.py and others import these from the router module."""
+    import console.adapters.nginx as pkg
+    import console.adapters.nginx.router as router_module
+
+    for name in ("NginxRouter", "RouterNotVerified", "PreflightFailed", "render_upstream", "weight_of", "generation_of",
+                 "write_atomic", "run_command", "verify_generation"):
+        assert getattr(router_module, name) is getattr(pkg, name), name
+    assert issubclass(PreflightFailed, RouterError) and issubclass(RouterNotVerified, RouterError)
+
+
+# --------------------------------------------------------------------------- [nginx] verify_listen
+
+
+def _toml(tmp_path: Path, **nginx: str) -> Path:
+    lines = ["[nginx]", f'upstream_file = "{tmp_path / "u.conf"}"', *(f'{k} = "{v}"' for k, v in nginx.items())]
+    path = tmp_path / "canary.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("127.0.0.1", "not host:port"),
+        ("0.0.0.0:8089", "0.0.0.0 is not a loopback address"),
+        ("10.1.2.3:8089", "10.1.2.3 is not a loopback address"),
+        ("[::]:8089", ":: is not a loopback address"),
+        ("example.com:8089", "'example.com' is not an IP address or localhost"),
+        ("127.0.0.1:0", "port '0' is not 1..65535"),
+        ("127.0.0.1:65536", "port '65536' is not 1..65535"),
+        ("127.0.0.1:http", "port 'http' is not 1..65535"),
+        ("::1:8089", "an IPv6 host goes in brackets"),
+        ("127.0.0.1:80; include /etc/passwd", "not host:port"),
+    ],
+)
+def test_verify_listen_must_be_loopback_host_port(tmp_path: Path, value: str, why: str) -> None:
+    toml = _toml(tmp_path, verify_listen=value)
+
+    with pytest.raises(ConfigError) as err:
+        load_config(toml, environ={})
+
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{toml}: [nginx] verify_listen = {value!r} is not valid ({why}")
+    assert "allowed: host:port with a loopback host only" in msg and "1..65535" in msg
+    with pytest.raises(ValueError, match=r"\[nginx\] verify_listen"):  # the router refuses it as well
+        NginxRouter(tmp_path / "u.conf", "u", "a:1", "b:2", ["true"], ["true"], "", verify_listen=value)
+
+
+@pytest.mark.parametrize(
+    ("value", "listen"),
+    [("127.0.0.1:8089", "127.0.0.1:8089"), ("localhost:8089", "127.0.0.1:8089"), ("[::1]:8089", "[::1]:8089"),
+     ("127.0.0.2:1", "127.0.0.2:1")],
+)
+def test_verify_listen_points_the_default_verify_url_at_the_include(tmp_path: Path, value: str, listen: str) -> None:
+    router = NginxRouter.from_config(load_config(_toml(tmp_path, verify_listen=value), environ={}))
+
+    assert router.verify_listen == listen
+    assert router.verify_url == f"http://{listen}/__canary/generation"
+    assert f"    listen {listen};" in router.render(5, "g").splitlines()
+
+
+def test_an_explicit_verify_url_wins_over_verify_listen(tmp_path: Path) -> None:
+    cfg = load_config(_toml(tmp_path, verify_listen="127.0.0.1:8089", verify_url="http://127.0.0.1:81/gen"), environ={})
+    assert NginxRouter.from_config(cfg).verify_url == "http://127.0.0.1:81/gen"
+    cfg = load_config(_toml(tmp_path, verify_listen="127.0.0.1:8089", verify_url=""), environ={})
+    assert NginxRouter.from_config(cfg).verify_url == ""  # explicitly off stays off
+    cfg = load_config(_toml(tmp_path), environ={})
+    assert NginxRouter.from_config(cfg).verify_url == "http://127.0.0.1/__canary/generation"  # off: as before
+    assert "server {" not in NginxRouter.from_config(cfg).render(5, "g")
+
+
+async def test_verify_listen_confirms_changes_with_only_the_include(tmp_path: Path, backends: Backends) -> None:
+    """nginx.conf has no generation location, only the include: the include's own loopback
+    server confirms every change, and the backends count the split."""
+    env = start_plain_nginx_env(tmp_path, backends)
+    listen_port = free_port()
+    try:
+        assert "/__canary/generation" not in env.nginx.conf_path.read_text()
+        toml = write_canary_toml(tmp_path / "cfg" / "canary.toml", env,
+                                 nginx={"verify_url": None, "verify_listen": f"127.0.0.1:{listen_port}"})
+        router = NginxRouter.from_config(load_config(toml, environ={}))
+        assert router.verify_url == f"http://127.0.0.1:{listen_port}/__canary/generation"
+
+        await router.apply(25, "listen-25")  # the first file with the server: nginx opens the port on reload
+
+        assert get_text(router.verify_url) == (200, "listen-25")
+        split = await asyncio.to_thread(env.send, 400)
+        assert (split.production, split.canary, split.other) == (300, 100, 0)
+        assert "first_new" in router.last_timings  # confirmed by the probe, not by the reload returning
+
+        await router.apply(0, "listen-0")  # old and new workers share the port now: still exact
+        split = await asyncio.to_thread(env.send, 100, "/", True)
+        assert (split.production, split.canary, split.other) == (100, 0, 0)
+        assert get_text(router.verify_url) == (200, "listen-0")
+        assert get_text(f"http://127.0.0.1:{listen_port}/")[0] == 404  # nothing else answers there
+    finally:
+        env.nginx.stop()
+    assert not port_listening(listen_port) and not port_listening(env.nginx.listen_port)
+
+
+# --------------------------------------------------------------------------- preflight
+
+
+async def test_preflight_passes_when_nginx_conf_has_the_location(nginx_env: NginxEnv) -> None:
+    router = nginx_env.router()
+    await router.apply(25, "before-preflight")
+
+    seconds = await router.preflight()
+
+    assert seconds > 0 and "first_new" in router.last_timings
+    generation = router.current_generation()
+    assert generation and generation.startswith("preflight-") and generation != "before-preflight"
+    assert nginx_env.served_generation() == generation
+    assert router.current_weight() == 25  # the same weights under a fresh generation
+    split = await asyncio.to_thread(nginx_env.send, 400)
+    assert (split.production, split.canary, split.other) == (300, 100, 0)
+
+
+@pytest.mark.parametrize("backend_status", [None, 404])
+async def test_preflight_fails_without_the_location_and_leaves_the_file_as_it_was(
+    tmp_path: Path, backends: Backends, backend_status: int | None
+) -> None:
+    """nginx.conf proxies /__canary/generation to the app like any path: the app's own answer
+    (a JSON body, or its 404) comes back, never the generation."""
+    env = start_plain_nginx_env(tmp_path, backends)
+    try:
+        router = env.router(verify_timeout=0.5)  # verify_url: the main port's /__canary/generation
+        before = env.upstream_file.read_bytes()
+        backends.production.error_status = backend_status
+
+        with pytest.raises(PreflightFailed) as err:
+            await router.preflight()
+
+        backends.production.error_status = None
+        msg = str(err.value)
+        assert "\n" not in msg
+        assert router.verify_url in msg
+        got = "HTTP 404" if backend_status else "another body: '{\"deployment\": \"production\""
+        assert f"(got {got}" in msg and err.value.answer.startswith(got)
+        assert f"add `{GENERATION_LOCATION}`" in msg
+        assert 'or set [nginx] verify_listen = "127.0.0.1:8089"' in msg
+        assert "put back as it was and nginx reloaded" in msg
+        assert err.value.restored_weight == 0
+        assert env.upstream_file.read_bytes() == before
+        assert [p.name for p in env.upstream_file.parent.iterdir()] == ["upstream.conf"]
+        split = await asyncio.to_thread(env.send, 300, "/", True)
+        assert (split.production, split.canary, split.other) == (300, 0, 0)
+    finally:
+        env.nginx.stop()
+
+
+async def test_preflight_through_verify_listen_passes_with_only_the_include(tmp_path: Path, backends: Backends) -> None:
+    env = start_plain_nginx_env(tmp_path, backends)
+    listen = f"127.0.0.1:{free_port()}"
+    try:
+        router = env.router(verify_listen=listen, verify_url=listen_url(listen))
+
+        await router.preflight()
+
+        assert get_text(router.verify_url) == (200, router.current_generation())
+        assert router.current_weight() == 0
+        split = await asyncio.to_thread(env.send, 300, "/", True)
+        assert (split.production, split.canary, split.other) == (300, 0, 0)
+    finally:
+        env.nginx.stop()
+    assert not port_listening(int(listen.rsplit(":", 1)[1]))
+
+
+async def test_preflight_failure_puts_the_file_back_and_reloads_it(tmp_path: Path) -> None:
+    """Nothing listens at verify_url: the rewrite was reloaded, so the original is put back
+    (same bytes, same mode) and reloaded again."""
+    upstream = tmp_path / "upstream.conf"
+    upstream.write_text(render_upstream("fragrance_app", "127.0.0.1:8000", "127.0.0.1:8001", 5, "original"))
+    os.chmod(upstream, 0o640)
+    before = upstream.read_bytes()
+    reloads = tmp_path / "reloads"
+    url = f"http://127.0.0.1:{free_port()}/__canary/generation"
+    router = NginxRouter(upstream, "fragrance_app", "127.0.0.1:8000", "127.0.0.1:8001", [PY, "-c", "pass"],
+                         [PY, "-c", f"open({str(reloads)!r}, 'a').write('reload\\n')"], url, verify_timeout=0.2)
+
+    with pytest.raises(PreflightFailed) as err:
+        await router.preflight()
+
+    assert f"preflight: {url} did not answer the new generation within 0.2s (got connection refused)" in str(err.value)
+    assert "ConnectionRefusedError" in err.value.detail
+    assert reloads.read_text() == "reload\nreload\n"  # the rewrite, then the original
+    assert upstream.read_bytes() == before and upstream.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reloads", "upstream.conf"]
+
+
+async def test_preflight_rejected_by_nginx_t_restores_without_reload(nginx_env: NginxEnv) -> None:
+    before = nginx_env.upstream_file.read_bytes()
+    reloaded = nginx_env.dir / "reloaded"
+    router = nginx_env.router(test_command=_fail_command("nginx: [emerg] unknown directive \"zone\""),
+                              reload_command=_touch_command(reloaded))
+
+    with pytest.raises(PreflightFailed) as err:
+        await router.preflight()
+
+    assert "unknown directive" in str(err.value) and "nginx not reloaded" in str(err.value)
+    assert nginx_env.upstream_file.read_bytes() == before
+    assert not reloaded.exists()
+    assert [p.name for p in nginx_env.upstream_file.parent.iterdir()] == ["upstream.conf"]
+    assert nginx_env.served_generation() == INITIAL_GENERATION
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (None, "does not exist yet"),
+        ("upstream fragrance_app {\n  server 10.0.0.9:8000;\n}\n", "has no upstream fragrance_app"),
+        (render_upstream("fragrance_app", "10.0.0.9:1", "10.0.0.9:2", 5, "g"), "routes addresses other than"),
+    ],
+)
+async def test_preflight_refuses_without_a_managed_file(tmp_path: Path, content: str | None, why: str) -> None:
+    upstream = tmp_path / "upstream.conf"
+    if content is not None:
+        upstream.write_text(content)
+    router = NginxRouter(upstream, "fragrance_app", "a:1", "b:2", _fail_command("must not run"),
+                         _fail_command("must not run"), "http://127.0.0.1:9/__canary/generation")
+
+    with pytest.raises(PreflightFailed, match=why) as err:
+        await router.preflight()
+
+    assert "canary-console weights 0" in str(err.value)
+    assert (upstream.read_text() if upstream.exists() else None) == content
+
+
+async def test_preflight_refuses_when_verification_is_off(tmp_path: Path) -> None:
+    upstream = tmp_path / "upstream.conf"
+    upstream.write_text(render_upstream("fragrance_app", "a:1", "b:2", 0, "g"))
+    router = NginxRouter(upstream, "fragrance_app", "a:1", "b:2", _fail_command("must not run"),
+                         _fail_command("must not run"), "")
+
+    with pytest.raises(PreflightFailed, match="verify_url is empty") as err:
+        await router.preflight()
+
+    assert GENERATION_LOCATION in str(err.value) and "verify_listen" in str(err.value)
+    assert upstream.read_text() == render_upstream("fragrance_app", "a:1", "b:2", 0, "g")

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-EXIT_CONFIG = 2
-
 
 class ConfigError(Exception):
     """One line: what, where, what is allowed."""
@@ -46,6 +44,9 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         # empty: no verification (the change counts as applied once the reload returns)
         "verify_url": ("str", "http://127.0.0.1/__canary/generation"),
         "verify_timeout": ("float", 10.0),
+        # "host:port" on loopback: the managed include then defines its own server with the
+        # generation location there, and verify_url (left at its default) points at it; "" = off
+        "verify_listen": ("str", ""),
         "access_log": ("str", "/var/log/nginx/canary.log"),
     },
     "health": {
@@ -151,6 +152,7 @@ ENV_MAP: dict[str, tuple[str, str]] = {
     "DOCKER_HOST": ("docker", "host"),
 }
 
+VERSION_RE = re.compile(r"^v(\d+)\.(\d+)\.(\d+)$")  # vMAJOR.MINOR.PATCH, the versions deploy and check take
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 _UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -366,6 +368,37 @@ def _apply_toml(values: dict[str, dict[str, Any]], data: dict[str, Any], path: P
             values[section][key] = _coerce(section, key, SCHEMA[section][key][0], v, str(path))
 
 
+LOOPBACK_LISTEN_ALLOWED = (
+    'host:port with a loopback host only (127.0.0.1 or another 127.x.x.x, [::1], localhost) and a port 1..65535, '
+    'such as "127.0.0.1:8089", so the generation endpoint is never reachable from outside; "" = off'
+)
+
+
+def parse_loopback_listen(value: str) -> tuple[str, int]:
+    """``[nginx] verify_listen``: (loopback IP, port); ``localhost`` is 127.0.0.1.  ValueError
+    (the reason, a few words) otherwise.  The nginx adapter renders ``listen`` from it."""
+    import ipaddress
+
+    if not isinstance(value, str) or value.count(":") < 1 or any(c.isspace() for c in value):
+        raise ValueError("not host:port")
+    host, _, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("an IPv6 host goes in brackets, as [::1]:8089")
+    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not 1..65535")
+    if host == "localhost":
+        return "127.0.0.1", int(port_text)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address or localhost") from None
+    if not ip.is_loopback:
+        raise ValueError(f"{host} is not a loopback address")
+    return str(ip), int(port_text)
+
+
 def validate_stages(stages: list[int], where: str) -> None:
     ok = bool(stages) and all(1 <= s <= 100 for s in stages) and all(a < b for a, b in zip(stages, stages[1:], strict=False))
     if not ok or stages[-1] != 100:
@@ -388,6 +421,14 @@ def _validate(cfg: Config, check_upstream_dir: bool) -> None:
     for key in ("test_command", "reload_command"):
         if not cfg["nginx"][key]:
             raise ConfigError(f"{where}: [nginx] {key} is empty; allowed: an argv list such as [\"nginx\", \"-t\"]")
+    if cfg["nginx"]["verify_listen"]:
+        try:
+            parse_loopback_listen(cfg["nginx"]["verify_listen"])
+        except ValueError as e:
+            raise ConfigError(
+                f"{where}: [nginx] verify_listen = {cfg['nginx']['verify_listen']!r} is not valid ({e}); "
+                f"allowed: {LOOPBACK_LISTEN_ALLOWED}"
+            ) from None
     if cfg["gates"]["consecutive_failures"] < 1 or cfg["gates"]["unavailable_after"] < 1:
         raise ConfigError(f"{where}: [gates] consecutive_failures and unavailable_after must be >= 1")
     if not 0 < cfg["analysis"]["alpha"] < 1:

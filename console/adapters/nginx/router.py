@@ -1,24 +1,17 @@
 """The NGINX traffic router: owns one include file that defines the weighted upstream.
 
 The file is written whole on every change, so nginx.conf only needs
-``include .../upstream.conf;`` at http level and ``proxy_pass http://<upstream_name>;``.
+``include .../upstream.conf;`` at http level and ``proxy_pass http://<upstream_name>;``
+(what the file says and why: ``render``).  A change:
 
-Why it looks the way it does:
+1. is written atomically (``files.write_atomic``: temp file, fsync, rename, fsync the dir);
+2. is tested with ``nginx -t`` before any reload; a failed test puts the old bytes back and
+   raises ``RouterError`` with nginx's own text;
+3. is reloaded, and counts as applied only once nginx verifiably serves the new generation
+   (``probe.verify_generation``): a reload returns before old workers stop taking
+   connections.
 
-* nginx refuses ``weight=0``, so the ends are exact by listing only one server: at 0% only
-  production is in the upstream, at 100% only the canary.
-* In between the weights are ``100 - w`` and ``w``, and the upstream has a shared ``zone``:
-  every worker then walks one smooth weighted round-robin state, so out of every 100
-  requests exactly ``w`` reach the canary, however the kernel spreads connections across
-  workers (and the zone is not reused across reloads, so each change starts clean).
-* A reload returns before old workers stop taking connections (the master starts the new
-  workers, sleeps 100 ms, then stops the old ones).  The file therefore also maps
-  ``$canary_generation`` to an id chosen per change; a tiny location in nginx.conf echoes
-  it, and ``apply`` polls that location on fresh connections until only the new id can
-  come back (see ``verify_generation``).  Only then does the change count as applied.
-* A change is written atomically (temp file in the same directory, fsync, rename, fsync
-  the directory) and tested with ``nginx -t`` before any reload; a failed test puts the old
-  bytes back and raises ``RouterError`` with nginx's own text.
+``preflight()`` proves, before a rollout, that the router can see what nginx serves.
 
 This module is on the CLI's rollback path: it imports only light stdlib modules.
 """
@@ -27,13 +20,34 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
+from console.adapters.nginx.files import DEFAULT_COMMAND_TIMEOUT, remove_durably, run_command, write_atomic
+from console.adapters.nginx.probe import (
+    DEFAULT_VERIFY_BURST,
+    DEFAULT_VERIFY_HITS,
+    DEFAULT_VERIFY_INTERVAL,
+    DEFAULT_VERIFY_SETTLE,
+    RouterNotVerified,
+    http_get,
+    parse_http_url,
+    verify_generation,
+)
+from console.adapters.nginx.render import (
+    GENERATION_LOCATION,
+    check_address,
+    check_generation,
+    check_name,
+    check_verify_listen,
+    check_weight,
+    generation_of,
+    header_weight,
+    listen_url,
+    render_upstream,
+    weight_of,
+)
 from console.core.protocols import RouterError
 
 if TYPE_CHECKING:
@@ -41,363 +55,32 @@ if TYPE_CHECKING:
 
 __all__ = [
     "NginxRouter",
+    "PreflightFailed",
     "RouterError",
     "RouterNotVerified",
+    # re-exported for callers that import them from here (bench/rollback.py, commands/check.py)
     "generation_of",
     "http_get",
     "render_upstream",
+    "run_command",
     "verify_generation",
     "weight_of",
     "write_atomic",
 ]
 
-HEADER = "# Managed by canary-console: written whole on every change; manual edits are overwritten."
-
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-_ADDRESS = re.compile(r"^(?:unix:/[A-Za-z0-9_./-]+|[A-Za-z0-9_.:\[\]-]+)$")
-_GENERATION = re.compile(r"^[A-Za-z0-9_.:@+-]{1,128}$")
-
-DEFAULT_COMMAND_TIMEOUT = 15.0
-DEFAULT_VERIFY_INTERVAL = 0.005
-DEFAULT_VERIFY_HITS = 1
-DEFAULT_VERIFY_BURST = 8
-DEFAULT_VERIFY_SETTLE = 0.12  # nginx master: start new workers, sleep 100 ms, stop old ones
+EXAMPLE_VERIFY_LISTEN = "127.0.0.1:8089"
 
 
-class RouterNotVerified(RouterError):
-    """nginx was told to reload the new file but did not verifiably serve it in time.
+class PreflightFailed(RouterError):
+    """``NginxRouter.preflight()`` could not prove that the router sees what nginx serves.
 
-    Unlike a failed ``nginx -t`` or reload, the new file stays: nginx may already serve it
-    (a rollback must not be undone by putting the old weights back), so ``restored_weight``
-    is None and the file says the new weight."""
+    The message is one line: verify_url, what came back, and the fix.  The upstream file is
+    byte for byte what it was (put back and reloaded if it had been changed), so
+    ``restored_weight`` is the weight it routes.  ``answer``: what came back, in a few words."""
 
-    reloaded = True
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def check_weight(weight: object) -> int:
-    """An int 0..100 (bool is not an int here); ValueError with one clear line otherwise."""
-    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
-        raise ValueError(f"canary weight {weight!r} is not valid; allowed: an integer 0..100")
-    return weight
-
-
-def check_generation(generation: object) -> str:
-    """The generation goes inside a quoted nginx string, so only a safe alphabet is allowed."""
-    if not isinstance(generation, str) or not _GENERATION.match(generation):
-        raise ValueError(
-            f"router generation {generation!r} is not valid; allowed: 1-128 characters of A-Z a-z 0-9 _ . : @ + -"
-        )
-    return generation
-
-
-def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"[nginx] upstream_name = {name!r} is not valid; allowed: letters, digits, _ . - (at most 64)")
-    return name
-
-
-def _check_address(key: str, address: str) -> str:
-    """Addresses are written into nginx syntax: refuse anything that could end a directive."""
-    if not isinstance(address, str) or not _ADDRESS.match(address):
-        raise ValueError(
-            f"[nginx] {key} = {address!r} is not valid; allowed: host:port or unix:/path "
-            "(no spaces, quotes, ';', '{', '}' or '#')"
-        )
-    return address
-
-
-# --------------------------------------------------------------------------- the file
-
-
-def render_upstream(name: str, production: str, canary: str, weight: int, generation: str) -> str:
-    """The whole include file for ``weight`` % canary.  Pure: same input, same bytes."""
-    _check_name(name)
-    _check_address("production", production)
-    _check_address("canary", canary)
-    check_weight(weight)
-    check_generation(generation)
-    lines = [
-        HEADER,
-        f"# canary-weight: {weight}",
-        f"# generation: {generation}",
-        "",
-        "# A shared zone makes smooth weighted round-robin exact across all workers.",
-        f"upstream {name} {{",
-        f"    zone {name} 64k;",
-    ]
-    if weight < 100:
-        lines.append(f"    server {production} weight={100 - weight};")
-    if weight > 0:
-        lines.append(f"    server {canary} weight={weight};")
-    lines += [
-        "}",
-        "",
-        "# Echoed by `location = /__canary/generation`: the router polls it to know this file is live.",
-        "map $host $canary_generation {",
-        f'    default "{generation}";',
-        "}",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-_UPSTREAM_BLOCK = re.compile(r"^\s*upstream\s+(\S+)\s*\{(.*?)\}", re.M | re.S)
-_SERVER = re.compile(r"^\s*server\s+(\S+?)((?:\s+[^;\s]+)*)\s*;", re.M)
-_GEN_DEFAULT = re.compile(r'map\s+\S+\s+\$canary_generation\s*\{[^}]*?default\s+"?([^";\s]+)"?\s*;', re.S)
-
-
-def _strip_comments(text: str) -> str:
-    return re.sub(r"#[^\n]*", "", text)
-
-
-def weight_of(text: str, name: str, production: str, canary: str) -> int | None:
-    """The canary % an upstream file routes, read from its ``server`` lines (not the comment).
-
-    Works for the seed's hand-written files too.  None when the upstream is missing, names a
-    server that is neither production nor canary, or has no live server.
-    """
-    for m in _UPSTREAM_BLOCK.finditer(_strip_comments(text)):
-        if m.group(1) != name:
-            continue
-        prod_w = canary_w = 0
-        for s in _SERVER.finditer(m.group(2)):
-            address, params = s.group(1), s.group(2).split()
-            if "down" in params or "backup" in params:
-                continue
-            w = 1
-            for p in params:
-                if p.startswith("weight="):
-                    try:
-                        w = int(p[7:])
-                    except ValueError:
-                        return None
-            if address == production:
-                prod_w += w
-            elif address == canary:
-                canary_w += w
-            else:
-                return None
-        total = prod_w + canary_w
-        if total <= 0:
-            return None
-        return round(100 * canary_w / total)
-    return None
-
-
-_HEADER_WEIGHT = re.compile(r"^# canary-weight: (\d{1,3})$", re.M)
-
-
-def _header_weight(text: str) -> int | None:
-    """The weight our own header records: the truth about a file we wrote for other addresses."""
-    if not text.startswith(HEADER):
-        return None
-    m = _HEADER_WEIGHT.search(text)
-    return int(m.group(1)) if m and int(m.group(1)) <= 100 else None
-
-
-def generation_of(text: str) -> str | None:
-    """The generation id an upstream file maps ``$canary_generation`` to (None: none)."""
-    m = _GEN_DEFAULT.search(_strip_comments(text))
-    return m.group(1) if m else None
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644, owner: tuple[int, int] | None = None) -> None:
-    """Temp file in the same directory, fsync, rename over ``path``, fsync the directory.
-
-    A reader (nginx -t, a human with cat) sees either the old bytes or the new, never a mix.
-    Note for containers: bind-mount the directory, not the file, or the rename is invisible.
-    """
-    directory = path.parent
-    tmp = directory / f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fchmod(fd, mode)
-            if owner is not None and os.geteuid() == 0:
-                os.fchown(fd, *owner)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(directory)
-
-
-def _remove(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-# --------------------------------------------------------------------------- subprocesses
-
-
-async def run_command(argv: list[str], timeout: float) -> tuple[int, str]:
-    """Run argv (no shell) with a timeout; (exit code, combined output).  127: could not start."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-    except OSError as e:
-        return 127, f"{argv[0]}: cannot run: {e.strerror or e}"
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except BaseException as e:
-        _kill_group(proc.pid)
-        await proc.wait()
-        if isinstance(e, TimeoutError):
-            return -1, f"{' '.join(argv)}: timed out after {timeout:g}s"
-        raise
-    return proc.returncode if proc.returncode is not None else -1, out.decode(errors="replace").strip()
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-# --------------------------------------------------------------------------- verification
-
-
-def _parse_http_url(url: str) -> tuple[str, int, str, str]:
-    parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"[nginx] verify_url = {url!r} is not valid; allowed: an http:// URL, or empty for no verification")
-    host = parts.hostname
-    port = parts.port or 80
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    host_header = parts.netloc.rsplit("@", 1)[-1]
-    return host, port, path, host_header
-
-
-async def http_get(host: str, port: int, path: str, host_header: str, timeout: float) -> tuple[int, str]:
-    """One GET on a fresh connection (``Connection: close``): (status, body stripped).
-
-    A raw stream instead of an HTTP client: it costs nothing to import and a new
-    connection each time is the point (keep-alive would stick to one old worker).
-    """
-
-    async def go() -> tuple[int, str]:
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n\r\n".encode("latin-1"))
-            raw = await reader.read(65536)
-            while True:
-                more = await reader.read(65536)
-                if not more:
-                    break
-                raw += more
-        finally:
-            writer.close()
-        head, _, body = raw.partition(b"\r\n\r\n")
-        status_line = head.split(b"\r\n", 1)[0].split()
-        if len(status_line) < 2 or not status_line[1].isdigit():
-            raise ValueError(f"not an HTTP response from {host}:{port}")
-        return int(status_line[1]), body.decode(errors="replace").strip()
-
-    return await asyncio.wait_for(go(), timeout)
-
-
-async def _probe(host: str, port: int, path: str, host_header: str, generation: str, timeout: float) -> tuple[bool, str]:
-    try:
-        status, body = await http_get(host, port, path, host_header, timeout)
-    except (OSError, TimeoutError, ValueError) as e:
-        return False, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-    if status == 200 and body == generation:
-        return True, body
-    return False, f"HTTP {status}: {body[:200]!r}"
-
-
-async def verify_generation(
-    url: str,
-    generation: str,
-    timeout: float,
-    hits: int = DEFAULT_VERIFY_HITS,
-    interval: float = DEFAULT_VERIFY_INTERVAL,
-    burst: int = DEFAULT_VERIFY_BURST,
-    settle: float = DEFAULT_VERIFY_SETTLE,
-    timings: dict[str, float] | None = None,
-) -> float:
-    """Return once every new connection to ``url`` is served by workers answering ``generation``.
-
-    Why not "the first answer that matches": on reload the nginx master starts the new
-    workers, sleeps 100 ms, and only then tells the old ones to stop accepting; in between
-    both take connections (with two or more old workers the old ones usually win, with one
-    they alternate).  So: poll in bursts of ``burst`` concurrent fresh connections (a burst
-    reaches a new worker early, which bounds when the new workers started); once the new
-    generation has answered, the old workers are told to quit within ``settle`` seconds
-    (100 ms + margin); after that, ``hits`` bursts in a row must all answer the new
-    generation.  An old answer after the settle window starts the wait over.
-
-    Returns the seconds spent; raises RouterNotVerified (detail: the last wrong answer) after
-    ``timeout``.  ``timings`` (optional) receives ``first_new`` (seconds until the new
-    generation first answered) and ``probes`` (connections made).
-    """
-    host, port, path, host_header = _parse_http_url(url)
-    start = time.monotonic()
-    deadline = start + timeout
-    first_new: float | None = None
-    in_a_row = 0
-    last = "no answer yet"
-    while True:
-        sent = time.monotonic()
-        per_try = max(0.05, min(1.0, deadline - sent))
-        answers = await asyncio.gather(*(_probe(host, port, path, host_header, generation, per_try) for _ in range(burst)))
-        now = time.monotonic()
-        if timings is not None:
-            timings["probes"] = timings.get("probes", 0) + burst
-        oks = [ok for ok, _ in answers]
-        for ok, text in answers:
-            if not ok:
-                last = text
-        if first_new is None:
-            if any(oks):
-                first_new = now  # a new worker has answered: it started before now
-                if timings is not None:
-                    timings["first_new"] = now - start
-        elif sent >= first_new + settle:
-            if all(oks):
-                in_a_row += 1
-                if in_a_row >= hits:
-                    return now - start
-            else:
-                # an old worker still accepting after the window: start the wait over
-                in_a_row = 0
-                first_new = now if any(oks) else None
-        if now >= deadline:
-            raise RouterNotVerified(
-                f"nginx did not verifiably serve generation {generation} at {url} within {timeout:g}s "
-                f"(last other answer: {last})",
-                detail=last,
-            )
-        wake = first_new + settle if first_new is not None and now < first_new + settle else now + interval
-        await asyncio.sleep(max(0.0, min(wake, deadline) - time.monotonic()))
-
-
-# --------------------------------------------------------------------------- the router
+    def __init__(self, message: str, detail: str = "", restored_weight: int | None = None, answer: str = "") -> None:
+        super().__init__(message, detail, restored_weight)
+        self.answer = answer
 
 
 class NginxRouter:
@@ -406,6 +89,8 @@ class NginxRouter:
     ``test_command`` / ``reload_command`` are argv lists (for example
     ``["docker", "exec", "fragrance-ai-nginx", "nginx", "-t"]``); ``verify_url`` is the
     generation location ("" = count the change as applied once the reload returns).
+    ``verify_listen`` ("host:port" on loopback, "" = off): the include also defines a server
+    there with the generation location (``from_config`` then points ``verify_url`` at it).
     """
 
     def __init__(
@@ -419,6 +104,7 @@ class NginxRouter:
         verify_url: str,
         verify_timeout: float = 10.0,
         *,
+        verify_listen: str = "",
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
         verify_hits: int = DEFAULT_VERIFY_HITS,
         verify_interval: float = DEFAULT_VERIFY_INTERVAL,
@@ -426,17 +112,18 @@ class NginxRouter:
         verify_settle: float = DEFAULT_VERIFY_SETTLE,
     ) -> None:
         self.upstream_file = Path(upstream_file)
-        self.upstream_name = _check_name(upstream_name)
-        self.production = _check_address("production", production)
-        self.canary = _check_address("canary", canary)
+        self.upstream_name = check_name(upstream_name)
+        self.production = check_address("production", production)
+        self.canary = check_address("canary", canary)
         for key, argv in (("test_command", test_command), ("reload_command", reload_command)):
             if not argv or not all(isinstance(a, str) for a in argv):
                 raise ValueError(f"[nginx] {key} = {argv!r} is not valid; allowed: a non-empty argv list of strings")
         self.test_command = list(test_command)
         self.reload_command = list(reload_command)
         if verify_url:
-            _parse_http_url(verify_url)
+            parse_http_url(verify_url)
         self.verify_url = verify_url
+        self.verify_listen = check_verify_listen(verify_listen)
         if not verify_timeout > 0:
             raise ValueError(f"[nginx] verify_timeout = {verify_timeout!r} is not valid; allowed: seconds > 0")
         self.verify_timeout = float(verify_timeout)
@@ -452,7 +139,14 @@ class NginxRouter:
 
     @classmethod
     def from_config(cls, cfg: Config) -> NginxRouter:
+        """The router ``[nginx]`` describes.  With ``verify_listen`` set and ``verify_url`` left
+        at its default, verification goes to ``http://<verify_listen>/__canary/generation``."""
+        from console.core.config import SCHEMA
+
         n = cfg["nginx"]
+        verify_url = n["verify_url"]
+        if n["verify_listen"] and verify_url == SCHEMA["nginx"]["verify_url"][1]:
+            verify_url = listen_url(n["verify_listen"])
         return cls(
             upstream_file=cfg.upstream_file,
             upstream_name=n["upstream_name"],
@@ -460,8 +154,9 @@ class NginxRouter:
             canary=n["canary"],
             test_command=list(n["test_command"]),
             reload_command=list(n["reload_command"]),
-            verify_url=n["verify_url"],
+            verify_url=verify_url,
             verify_timeout=n["verify_timeout"],
+            verify_listen=n["verify_listen"],
         )
 
     # ---- reading
@@ -477,7 +172,7 @@ class NginxRouter:
             return None
         text = data.decode(errors="replace")
         found = weight_of(text, self.upstream_name, self.production, self.canary)
-        return found if found is not None else _header_weight(text)
+        return found if found is not None else header_weight(text)
 
     def current_weight(self) -> int | None:
         """The canary % the managed file routes now (None: no file, or not an upstream of ours).
@@ -494,7 +189,7 @@ class NginxRouter:
         return generation_of(data.decode(errors="replace")) if data is not None else None
 
     def render(self, weight: int, generation: str) -> str:
-        return render_upstream(self.upstream_name, self.production, self.canary, weight, generation)
+        return render_upstream(self.upstream_name, self.production, self.canary, weight, generation, self.verify_listen)
 
     # ---- changing
 
@@ -506,60 +201,155 @@ class NginxRouter:
         timings: dict[str, float] = {}
         self.last_timings = timings
         async with self._lock:
-            new = self.render(weight, generation).encode()
             old = self._read()
-            mode, owner = 0o644, None
-            if old is not None:
-                st = self.upstream_file.stat()
-                mode, owner = st.st_mode & 0o7777, (st.st_uid, st.st_gid)
-            write_atomic(self.upstream_file, new, mode, owner)
-            timings["write"] = time.perf_counter() - t0
-            try:
-                rc, out = await run_command(self.test_command, self.command_timeout)
-            except BaseException:
-                self._restore(old, mode, owner)
-                raise
-            timings["test"] = time.perf_counter() - t0
-            if rc != 0:
-                self._restore(old, mode, owner)
-                raise RouterError(
-                    f"nginx rejected the upstream file for {weight}% ({_first_error_line(out)}); "
-                    f"{self.upstream_file} left as it was, nginx not reloaded",
-                    detail=out,
-                    restored_weight=self._weight_in(old),
-                )
-            rc, out = await run_command(self.reload_command, self.command_timeout)
-            timings["reload"] = time.perf_counter() - t0
-            if rc != 0:
-                self._restore(old, mode, owner)
-                raise RouterError(
-                    f"nginx reload failed for {weight}% ({_first_error_line(out)}); {self.upstream_file} put back as it was",
-                    detail=out,
-                    restored_weight=self._weight_in(old),
-                )
+            await self._swap(self.render(weight, generation).encode(), old, f"{weight}%", RouterError, t0, timings)
             if self.verify_url:
                 # the reload was signalled: on a timeout the new file stays (RouterNotVerified)
-                await verify_generation(
-                    self.verify_url,
-                    generation,
-                    self.verify_timeout,
-                    self.verify_hits,
-                    self.verify_interval,
-                    self.verify_burst,
-                    self.verify_settle,
-                    timings,
-                )
+                await self._verify(generation, timings)
         timings["total"] = time.perf_counter() - t0
         return timings["total"]
 
+    async def preflight(self) -> float:
+        """Prove that the router sees what nginx serves; the seconds it took.
+
+        Rewrites the current weights under a fresh generation, ``nginx -t``, reload, and
+        waits until ``verify_url`` answers the new generation.  Traffic does not move.  On any
+        failure raises ``PreflightFailed`` (one line: verify_url, what came back, the fix)
+        with the upstream file byte for byte as it was: put back and reloaded if nginx had
+        been reloaded with the rewrite, put back without a reload if ``nginx -t`` refused it.
+        Refuses, changing nothing, when verification is off or there is no managed file yet.
+        """
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        self.last_timings = timings
+        async with self._lock:
+            if not self.verify_url:
+                raise PreflightFailed(
+                    "preflight: [nginx] verify_url is empty, so the router cannot see what nginx serves; "
+                    f"fix: set verify_url to a location `{GENERATION_LOCATION}` in nginx.conf, "
+                    f'or set [nginx] verify_listen = "{EXAMPLE_VERIFY_LISTEN}"'
+                )
+            old = self._read()
+            text = old.decode(errors="replace") if old is not None else ""
+            # the server lines, not the header: rewriting a file written for other addresses would move traffic
+            weight = weight_of(text, self.upstream_name, self.production, self.canary) if old is not None else None
+            if weight is None:
+                if old is None:
+                    what = "does not exist yet"
+                elif header_weight(text) is not None:
+                    what = f"routes addresses other than [nginx] production = {self.production} / canary = {self.canary}"
+                else:
+                    what = f"has no upstream {self.upstream_name} that canary-console can read"
+                raise PreflightFailed(
+                    f"preflight: {self.upstream_file} {what}, so there are no current weights to rewrite; "
+                    "fix: write it with `canary-console weights 0` (nginx.conf must include it), then run the preflight again",
+                    restored_weight=self._weight_in(old),
+                )
+            generation = f"preflight-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.urandom(3).hex()}"
+            await self._swap(self.render(weight, generation).encode(), old, f"the preflight at {weight}%",
+                             PreflightFailed, t0, timings)
+            try:
+                await self._verify(generation, timings)
+            except RouterNotVerified as e:
+                restored = await self._put_back_and_reload(old)
+                raise PreflightFailed(
+                    f"preflight: {self.verify_url} did not answer the new generation within {self.verify_timeout:g}s "
+                    f"(got {e.answer}); {self.upstream_file} {restored}; fix: {self._fix(e.answer)}",
+                    detail=e.detail,
+                    restored_weight=weight,
+                    answer=e.answer,
+                ) from None
+            except BaseException:
+                await self._put_back_and_reload(old)
+                raise
+        timings["total"] = time.perf_counter() - t0
+        return timings["total"]
+
+    def _fix(self, answer: str) -> str:
+        """What the operator changes so the probe sees nginx: one line, nginx syntax."""
+        if self.verify_listen and self.verify_url == listen_url(self.verify_listen):
+            return (
+                f"nginx.conf must include {self.upstream_file} at http level (it defines the server on "
+                f"{self.verify_listen}), nothing else may listen there, and canary-console must run where "
+                f"{self.verify_listen} is nginx's loopback (same host or network namespace)"
+            )
+        where = "in the server that verify_url reaches"
+        if answer == "HTTP 403":
+            where += " (it answers 403: add an `allow` line for this console's address)"
+        return (
+            f"add `{GENERATION_LOCATION}` {where}, "
+            f'or set [nginx] verify_listen = "{EXAMPLE_VERIFY_LISTEN}" (nginx.conf then needs only the include)'
+        )
+
+    async def _swap(
+        self, new: bytes, old: bytes | None, what: str, error: type[RouterError], t0: float, timings: dict[str, float]
+    ) -> None:
+        """Write ``new``, ``nginx -t``, reload; on a failure put ``old`` back and raise ``error``."""
+        mode, owner = self._mode_owner(old)
+        write_atomic(self.upstream_file, new, mode, owner)
+        timings["write"] = time.perf_counter() - t0
+        try:
+            rc, out = await run_command(self.test_command, self.command_timeout)
+        except BaseException:
+            self._restore(old, mode, owner)
+            raise
+        timings["test"] = time.perf_counter() - t0
+        if rc != 0:
+            self._restore(old, mode, owner)
+            raise error(
+                f"nginx rejected the upstream file for {what} ({first_error_line(out)}); "
+                f"{self.upstream_file} left as it was, nginx not reloaded",
+                detail=out,
+                restored_weight=self._weight_in(old),
+            )
+        rc, out = await run_command(self.reload_command, self.command_timeout)
+        timings["reload"] = time.perf_counter() - t0
+        if rc != 0:
+            self._restore(old, mode, owner)
+            raise error(
+                f"nginx reload failed for {what} ({first_error_line(out)}); {self.upstream_file} put back as it was",
+                detail=out,
+                restored_weight=self._weight_in(old),
+            )
+
+    async def _verify(self, generation: str, timings: dict[str, float]) -> None:
+        await verify_generation(
+            self.verify_url,
+            generation,
+            self.verify_timeout,
+            self.verify_hits,
+            self.verify_interval,
+            self.verify_burst,
+            self.verify_settle,
+            timings,
+        )
+
+    async def _put_back_and_reload(self, old: bytes | None) -> str:
+        """After a reload with a rewrite the probe could not confirm: the old bytes, reloaded.
+        Returns what happened, for the message."""
+        self._restore(old, *self._mode_owner(old))
+        rc, out = await run_command(self.reload_command, self.command_timeout)
+        if rc != 0:
+            return f"put back as it was, but the reload after that failed ({first_error_line(out)})"
+        return "put back as it was and nginx reloaded"
+
+    def _mode_owner(self, old: bytes | None) -> tuple[int, tuple[int, int] | None]:
+        if old is None:
+            return 0o644, None
+        try:
+            st = self.upstream_file.stat()
+        except FileNotFoundError:
+            return 0o644, None
+        return st.st_mode & 0o7777, (st.st_uid, st.st_gid)
+
     def _restore(self, old: bytes | None, mode: int, owner: tuple[int, int] | None) -> None:
         if old is None:
-            _remove(self.upstream_file)
+            remove_durably(self.upstream_file)
         else:
             write_atomic(self.upstream_file, old, mode, owner)
 
 
-def _first_error_line(out: str) -> str:
+def first_error_line(out: str) -> str:
     """nginx -t prints the error first and "test failed" last: show the error."""
     lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
     for ln in lines:

@@ -1,0 +1,222 @@
+"""The managed include file: render it, read it back, and check what goes into it.
+
+Pure functions over text (no I/O).  Why the file looks the way it does:
+
+* nginx refuses ``weight=0``, so the ends are exact by listing only one server: at 0% only
+  production is in the upstream, at 100% only the canary.
+* In between the weights are ``100 - w`` and ``w``, and the upstream has a shared ``zone``:
+  every worker then walks one smooth weighted round-robin state, so out of every 100
+  requests exactly ``w`` reach the canary, however the kernel spreads connections across
+  workers (and the zone is not reused across reloads, so each change starts clean).
+* The file also maps ``$canary_generation`` to an id chosen per change.  A location echoes
+  it, and the router polls that location until only the new id comes back.  The location
+  is either in nginx.conf (``GENERATION_LOCATION``) or, with ``[nginx] verify_listen``, in a
+  small loopback-only ``server`` this file defines itself.
+"""
+
+from __future__ import annotations
+
+import re
+
+from console.core.config import LOOPBACK_LISTEN_ALLOWED, parse_loopback_listen
+
+__all__ = [
+    "GENERATION_LOCATION",
+    "GENERATION_PATH",
+    "HEADER",
+    "check_address",
+    "check_generation",
+    "check_name",
+    "check_verify_listen",
+    "check_weight",
+    "generation_of",
+    "header_weight",
+    "listen_url",
+    "render_upstream",
+    "weight_of",
+]
+
+HEADER = "# Managed by canary-console: written whole on every change; manual edits are overwritten."
+
+GENERATION_PATH = "/__canary/generation"
+
+# The location nginx/nginx.canary.conf has, on one line: what an operator adds to the server
+# that verify_url reaches (tests/test_nginx_golden.py checks that the shipped conf has it).
+GENERATION_LOCATION = (
+    f"location = {GENERATION_PATH} {{ allow 127.0.0.1; allow ::1; deny all; access_log off; "
+    'default_type text/plain; return 200 "$canary_generation\\n"; }'
+)
+
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_ADDRESS = re.compile(r"^(?:unix:/[A-Za-z0-9_./-]+|[A-Za-z0-9_.:\[\]-]+)$")
+_GENERATION = re.compile(r"^[A-Za-z0-9_.:@+-]{1,128}$")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_weight(weight: object) -> int:
+    """An int 0..100 (bool is not an int here); ValueError with one clear line otherwise."""
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+        raise ValueError(f"canary weight {weight!r} is not valid; allowed: an integer 0..100")
+    return weight
+
+
+def check_generation(generation: object) -> str:
+    """The generation goes inside a quoted nginx string, so only a safe alphabet is allowed."""
+    if not isinstance(generation, str) or not _GENERATION.match(generation):
+        raise ValueError(
+            f"router generation {generation!r} is not valid; allowed: 1-128 characters of A-Z a-z 0-9 _ . : @ + -"
+        )
+    return generation
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"[nginx] upstream_name = {name!r} is not valid; allowed: letters, digits, _ . - (at most 64)")
+    return name
+
+
+def check_address(key: str, address: str) -> str:
+    """Addresses are written into nginx syntax: refuse anything that could end a directive."""
+    if not isinstance(address, str) or not _ADDRESS.match(address):
+        raise ValueError(
+            f"[nginx] {key} = {address!r} is not valid; allowed: host:port or unix:/path "
+            "(no spaces, quotes, ';', '{', '}' or '#')"
+        )
+    return address
+
+
+def check_verify_listen(value: str) -> str:
+    """``[nginx] verify_listen`` as nginx's ``listen`` wants it ("" = off): ``127.0.0.1:8089``,
+    ``[::1]:8089``; ``localhost`` becomes 127.0.0.1 (one address, whatever /etc/hosts says).
+    ValueError with one line otherwise; only loopback is allowed."""
+    if value == "":
+        return ""
+    try:
+        host, port = parse_loopback_listen(value)
+    except ValueError as e:
+        raise ValueError(f"[nginx] verify_listen = {value!r} is not valid ({e}); allowed: {LOOPBACK_LISTEN_ALLOWED}") from None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def listen_url(verify_listen: str) -> str:
+    """The generation URL of the server the include defines for ``verify_listen``."""
+    return f"http://{check_verify_listen(verify_listen)}{GENERATION_PATH}"
+
+
+# --------------------------------------------------------------------------- the file
+
+
+def render_upstream(
+    name: str, production: str, canary: str, weight: int, generation: str, verify_listen: str = ""
+) -> str:
+    """The whole include file for ``weight`` % canary.  Pure: same input, same bytes.
+
+    ``verify_listen`` ("host:port" on loopback): the file also defines a ``server`` there
+    whose ``location = /__canary/generation`` echoes the same ``$canary_generation``, so
+    nginx.conf needs nothing but the ``include``."""
+    check_name(name)
+    check_address("production", production)
+    check_address("canary", canary)
+    check_weight(weight)
+    check_generation(generation)
+    listen = check_verify_listen(verify_listen)
+    lines = [
+        HEADER,
+        f"# canary-weight: {weight}",
+        f"# generation: {generation}",
+        "",
+        "# A shared zone makes smooth weighted round-robin exact across all workers.",
+        f"upstream {name} {{",
+        f"    zone {name} 64k;",
+    ]
+    if weight < 100:
+        lines.append(f"    server {production} weight={100 - weight};")
+    if weight > 0:
+        lines.append(f"    server {canary} weight={weight};")
+    lines += [
+        "}",
+        "",
+        f"# Echoed by `location = {GENERATION_PATH}`: the router polls it to know this file is live.",
+        "map $host $canary_generation {",
+        f'    default "{generation}";',
+        "}",
+        "",
+    ]
+    if listen:
+        lines += [
+            "# [nginx] verify_listen: the generation endpoint, on loopback only, so that nginx.conf",
+            "# needs nothing but the include of this file at http level.",
+            "server {",
+            f"    listen {listen};",
+            "    access_log off;",
+            "    default_type text/plain;",
+            f"    location = {GENERATION_PATH} {{",
+            '        return 200 "$canary_generation\\n";',
+            "    }",
+            "    location / {",
+            "        return 404;",
+            "    }",
+            "}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+_UPSTREAM_BLOCK = re.compile(r"^\s*upstream\s+(\S+)\s*\{(.*?)\}", re.M | re.S)
+_SERVER = re.compile(r"^\s*server\s+(\S+?)((?:\s+[^;\s]+)*)\s*;", re.M)
+_GEN_DEFAULT = re.compile(r'map\s+\S+\s+\$canary_generation\s*\{[^}]*?default\s+"?([^";\s]+)"?\s*;', re.S)
+_HEADER_WEIGHT = re.compile(r"^# canary-weight: (\d{1,3})$", re.M)
+
+
+def _strip_comments(text: str) -> str:
+    return re.sub(r"#[^\n]*", "", text)
+
+
+def weight_of(text: str, name: str, production: str, canary: str) -> int | None:
+    """The canary % an upstream file routes, read from its ``server`` lines (not the comment).
+
+    Works for the seed's hand-written files too.  None when the upstream is missing, names a
+    server that is neither production nor canary, or has no live server.
+    """
+    for m in _UPSTREAM_BLOCK.finditer(_strip_comments(text)):
+        if m.group(1) != name:
+            continue
+        prod_w = canary_w = 0
+        for s in _SERVER.finditer(m.group(2)):
+            address, params = s.group(1), s.group(2).split()
+            if "down" in params or "backup" in params:
+                continue
+            w = 1
+            for p in params:
+                if p.startswith("weight="):
+                    try:
+                        w = int(p[7:])
+                    except ValueError:
+                        return None
+            if address == production:
+                prod_w += w
+            elif address == canary:
+                canary_w += w
+            else:
+                return None
+        total = prod_w + canary_w
+        if total <= 0:
+            return None
+        return round(100 * canary_w / total)
+    return None
+
+
+def header_weight(text: str) -> int | None:
+    """The weight our own header records: the truth about a file we wrote for other addresses."""
+    if not text.startswith(HEADER):
+        return None
+    m = _HEADER_WEIGHT.search(text)
+    return int(m.group(1)) if m and int(m.group(1)) <= 100 else None
+
+
+def generation_of(text: str) -> str | None:
+    """The generation id an upstream file maps ``$canary_generation`` to (None: none)."""
+    m = _GEN_DEFAULT.search(_strip_comments(text))
+    return m.group(1) if m else None
