@@ -34,10 +34,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from console.commands.attach import SocketLink  # noqa: E402
 from console.core.journal import Journal, read_records  # noqa: E402
 from console.remote import wire  # noqa: E402
-from console.remote.daemon import pid_alive, socket_answers  # noqa: E402
+from console.remote.client import (  # noqa: E402
+    SocketLink,  # noqa: E402
+    pid_alive,
+    socket_answers,
+)
 from tests.fixtures.backends import start_backends  # noqa: E402
 from tests.fixtures.nginx import start_nginx_env, write_canary_toml  # noqa: E402
 

@@ -1,23 +1,38 @@
-"""Builds the real adapters and the engine from a Config.  The only place that knows which
-adapter serves which protocol, so tests can build an Engine with fakes instead."""
+"""The composition root: builds the real adapters and the engine from a Config.
+
+The only place that knows which adapter serves which Protocol, so tests can build an Engine
+with fakes instead.  It sits above core and adapters (core may not import adapters) and below
+commands, remote and the sandbox, which call it.  Importing it is cheap: each adapter, and the
+engine itself, is imported by the function that builds it, so `rollback` loads only the router."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from console.core import events as ev
 from console.core.clock import Clock, RealClock
 from console.core.config import Config
-from console.core.engine import Engine, Settings
 from console.core.journal import Journal
-from console.core.protocols import Checker, MetricSource, TrafficRouter
+from console.core.protocols import Checker, ImageTagger, MetricSource, TrafficRouter
+
+if TYPE_CHECKING:
+    from console.core.engine import Engine
 
 
 def build_router(cfg: Config) -> TrafficRouter:
     from console.adapters.nginx.router import NginxRouter
 
     return NginxRouter.from_config(cfg)
+
+
+def build_tagger(cfg: Config) -> ImageTagger | None:
+    """The Docker adapter that tags a promoted image, when ``[docker] enabled``."""
+    if not cfg["docker"]["enabled"]:
+        return None
+    from console.adapters.docker import DockerAdapter
+
+    return DockerAdapter(cfg)
 
 
 def build_source(cfg: Config, clock: Clock) -> MetricSource | None:
@@ -59,6 +74,7 @@ def build_engine(
     listeners: Sequence[Callable[[ev.Event], object]] = (),
 ) -> Engine:
     from console.adapters.health import HttpHealth
+    from console.core.engine import Engine, Settings
 
     clock = clock or RealClock()
     if checkers is None:
@@ -102,7 +118,7 @@ def attach_lifecycle(engine: Engine, cfg: Config) -> None:
         engine.add_listener(DockerRollbackHook(cfg, cfg.journal_path.parent, note=note))
 
     async def on_promote(intent: ev.Intent) -> ev.Event | None:
-        from console.commands import promote
+        from console.core import promotion as promote
         from console.core.journal import read_records
 
         decision = promote.evaluate(cfg, list(read_records(cfg.journal_path)), promote.clean_approvals(intent.approvals),
@@ -110,9 +126,14 @@ def attach_lifecycle(engine: Engine, cfg: Config) -> None:
         if not decision.ok or decision.deployment is None:
             engine.note("warning", f"promote refused: {decision.message}")
             return None
-        outcome = await promote.execute(cfg, decision.deployment, operator=intent.operator,
-                                        approvals=promote.clean_approvals(intent.approvals), forced=decision.forced,
-                                        reason=intent.reason, emit=engine.publish, router=engine.router)
+        tagger = build_tagger(cfg)
+        try:
+            outcome = await promote.execute(cfg, decision.deployment, operator=intent.operator,
+                                            approvals=promote.clean_approvals(intent.approvals), forced=decision.forced,
+                                            reason=intent.reason, emit=engine.publish, router=engine.router, tagger=tagger)
+        finally:
+            if tagger is not None:
+                tagger.close()
         if outcome.promoted is None:
             engine.note("warning", f"promote failed: {outcome.message}")
         return outcome.promoted

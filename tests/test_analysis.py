@@ -21,9 +21,9 @@ from console.core.clock import FakeClock
 from console.core.config import ConfigError, load_config
 from console.core.engine import Engine, Settings
 from console.core.events import ERROR, FAIL, INCONCLUSIVE, PASS
+from console.core.fakes import FakeHealth, FakeRouter
 from console.core.journal import Journal
 from console.core.protocols import CheckContext, CounterSnapshot, MetricsUnavailable, VersionCounters
-from tests.fakes import FakeHealth, FakeRouter
 
 MODES = ("fast", "balanced", "creative")
 EDGES = (0.5, 1.0, 1.5, 2.5, 3.2, 4.5, 10.0, math.inf)

@@ -29,14 +29,13 @@ from typing import Any
 
 import pytest
 
-from console.commands.attach import SocketLink
 from console.core.eventfmt import format_event
 from console.core.events import Intent, Operator, event_from_record
 from console.core.journal import read_records
 from console.core.lock import is_held, lock_path_for
 from console.core.state import last_applied_weight, unfinished
 from console.remote import wire
-from console.remote.daemon import pid_alive
+from console.remote.client import SocketLink, pid_alive
 from tests.fixtures.nginx import NginxEnv, write_canary_toml
 from tests.fixtures.real import await_for, need_binary, wait_for
 
@@ -186,7 +185,7 @@ def sock_of(cfg: Path) -> Path:
 
 
 def engine_answers(cfg: Path) -> bool:
-    from console.remote.daemon import socket_answers
+    from console.remote.client import socket_answers
 
     return socket_answers(sock_of(cfg))
 
@@ -647,7 +646,7 @@ def test_the_socket_refuses_another_user_and_rejects_garbage_without_crashing(tm
 
 # ---------------------------------------------------------------------------- engine death: attach offers resume or rollback
 def test_a_dead_engine_is_detected_at_attach_which_offers_a_break_glass_rollback(tmp_path, nginx_env, procs):
-    from console.commands.attach import BreakGlassRefused, break_glass_rollback
+    from console.commands.session import BreakGlassRefused, break_glass_rollback
     from console.core.config import load_config
 
     need_binary("tmux")

@@ -10,8 +10,8 @@ from console.core import events as ev
 from console.core.clock import FakeClock
 from console.core.engine import Engine, Settings
 from console.core.events import ERROR, FAIL, INCONCLUSIVE, PASS, GateResult, Intent, Operator
+from console.core.fakes import FakeHealth, FakeRouter, ScriptedChecker
 from console.core.journal import Journal, read_records
-from tests.fakes import FakeHealth, FakeRouter, ScriptedChecker
 
 OP = Operator("alice", "10.0.0.7")
 
@@ -306,3 +306,41 @@ async def test_a_rollback_queued_between_stages_wins_over_raising_the_traffic(tm
     assert await eng.run() == 3
     assert eng.router.applied == [1, 0]
     assert kinds(seen, ev.RolledBack)[0].from_weight == 1
+
+
+# ---------------------------------------------------------------------------- bounded delivery
+async def test_a_lagging_subscriber_loses_old_checks_never_a_weight_and_is_told_how_many(tmp_path):
+    eng, seen, _, _ = make(tmp_path)
+    q = eng.subscribe(maxsize=5)  # a console that never reads while the whole rollout runs
+    assert await eng.run() == 0
+    checks = len(kinds(seen, ev.CheckCompleted))
+    assert checks > 5
+    got = [q.get_nowait() for _ in range(len(q) + 1)]  # + the note about what it lost
+    note, rest = got[0], got[1:]
+    assert isinstance(note, ev.Note) and note.level == "warning" and note.data["dropped"] == q.dropped_total > 0
+    assert f"{q.dropped_total} check/note event(s) were dropped" in note.message
+    # every event that moves or explains the traffic is still there, in order
+    critical = [e for e in seen if not isinstance(e, ev.DROPPABLE)]
+    assert [e for e in rest if not isinstance(e, ev.DROPPABLE)] == critical
+    assert [e.weight for e in rest if isinstance(e, ev.RouterApplied)] == [1, 5, 25, 100]
+    assert len(rest) + q.dropped_total == len(seen)
+
+
+async def test_the_default_subscription_is_bounded(tmp_path):
+    eng, _, _, _ = make(tmp_path)
+    assert eng.subscribe().maxsize == ev.SUBSCRIBER_MAX
+
+
+async def test_an_event_queue_waits_for_the_next_event_and_reports_drops_first():
+    q = ev.EventQueue(2)
+    waiter = asyncio.ensure_future(q.get())
+    await asyncio.sleep(0)  # let the waiter block on the empty queue (a scheduling step, not a delay)
+    assert not waiter.done()
+    q.put_nowait(ev.CheckCompleted(index=0))
+    assert isinstance(await waiter, ev.CheckCompleted)
+    for i in range(3):
+        q.put_nowait(ev.CheckCompleted(index=i))
+    q.put_nowait(ev.StageStarted(index=1, weight=5))
+    first = await q.get()
+    assert isinstance(first, ev.Note) and first.data == {"dropped": 2}
+    assert [type(e).__name__ for e in (await q.get(), await q.get())] == ["CheckCompleted", "StageStarted"]

@@ -18,8 +18,9 @@ from console.adapters.metrics.scrape import ScrapeSource
 from console.core.clock import FakeClock
 from console.core.config import load_config
 from console.core.events import ERROR, FAIL, INCONCLUSIVE, PASS, GateResult
+from console.core.fakes import FakeMetricSource
 from console.core.gates import GatePolicy, MetricGates, evaluate, judge, judge_rl_loss, source_errors
-from console.core.protocols import CheckContext, CounterSnapshot, MetricsUnavailable
+from console.core.protocols import CheckContext, MetricsUnavailable
 
 INF, NAN = math.inf, math.nan
 CTX = CheckContext(deployment_id="d", version="v0.2.0", index=0, weight=5, stage_elapsed=3.0, stage_wall_start=0.0)
@@ -142,28 +143,6 @@ def test_source_failure_is_an_error_on_every_gate(cfg: Any) -> None:
     assert [r.gate for r in results if not r.blocking] == ["rl_loss"]
 
 
-class StubSource:
-    kind = "stub"
-
-    def __init__(self, outcome: Any) -> None:
-        self.outcome = outcome
-        self.closed = 0
-
-    async def stats(self) -> WindowStats:
-        if isinstance(self.outcome, BaseException):
-            raise self.outcome
-        return self.outcome
-
-    async def snapshot(self) -> CounterSnapshot:
-        raise NotImplementedError
-
-    async def aclose(self) -> None:
-        self.closed += 1
-
-    def describe(self) -> str:
-        return "stub"
-
-
 @pytest.mark.parametrize(
     ("outcome", "detail"),
     [
@@ -172,7 +151,7 @@ class StubSource:
     ],
 )
 def test_checker_turns_failures_into_errors(cfg: Any, outcome: BaseException, detail: str) -> None:
-    src = StubSource(outcome)
+    src = FakeMetricSource(outcome)
     gates = MetricGates(cfg, src)
     results = asyncio.run(gates.check(CTX))
     assert {r.verdict for r in results} == {ERROR} and detail in results[0].detail
@@ -182,7 +161,7 @@ def test_checker_turns_failures_into_errors(cfg: Any, outcome: BaseException, de
 
 
 def test_checker_notes_before_a_stage(cfg: Any) -> None:
-    gates = MetricGates(cfg, StubSource(stats(vs())))
+    gates = MetricGates(cfg, FakeMetricSource(stats(vs())))
     notes = asyncio.run(gates.begin_stage(CTX))
     assert "5xx < 0.50%" in notes[0]["message"] and "min 20 canary requests in 5m" in notes[0]["message"]
     assert notes[0]["data"]["gates"][-1] == "rl_loss"

@@ -157,7 +157,7 @@ def test_history_survives_a_torn_last_line(tmp_path: Path) -> None:
     build_journal(cfg)
     with open(cfg.journal_path, "ab") as f:
         f.write(b'{"event":"rolled_back","deployment_id":"d-6","rea')  # a crash mid-write
-    rows = history.history(__import__("console.core.journal").journal.read_records(cfg.journal_path))
+    rows = history.history(__import__("console.core.journal").core.journal.read_records(cfg.journal_path))
     assert rows[-1]["id"] == "d-6" and rows[-1]["outcome"] == "at 100%"
 
 

@@ -27,7 +27,7 @@ from console.adapters.metrics.prometheus import PrometheusSource
 from console.adapters.metrics.promql import MetricNames, Queries, build_queries
 from console.adapters.metrics.scrape import ScrapeSource
 from console.core.clock import FakeClock
-from console.core.config import ConfigError, load_config
+from console.core.config import Config, ConfigError, load_config
 from console.core.events import ERROR, INCONCLUSIVE, PASS
 from console.core.gates import GatePolicy, MetricGates, evaluate
 from console.core.protocols import CheckContext, MetricsUnavailable
@@ -276,6 +276,10 @@ def canned(q: Queries, *, requests: Any = 100, ratio: Any = 0.0, p95: Any = 0.05
     return answer
 
 
+def _gates(cfg: Config) -> MetricGates:
+    return MetricGates(cfg, build_source(cfg))
+
+
 def prom_cfg(tmp_path: Path, url: str, env: dict[str, str] | None = None, **over: Any) -> Any:
     return make_cfg(tmp_path, env, prometheus__url=url, metrics__query_timeout=over.pop("timeout", 2.0),
                     metrics__min_requests=10, **over)
@@ -301,7 +305,7 @@ def one_line_without_secrets(msg: str) -> None:
 def test_a_broken_answer_is_one_line_never_a_pass(tmp_path: Path, fake: FakeServer, status: int, body: bytes,
                                                   expected: str) -> None:
     fake.answer = lambda p, q, h: (status, body)
-    gates = MetricGates(prom_cfg(tmp_path, fake.url))
+    gates = _gates(prom_cfg(tmp_path, fake.url))
     results = asyncio.run(gates.check(CTX))
     assert {r.verdict for r in results} == {ERROR}
     assert all(expected in r.detail and "\n" not in r.detail for r in results)
@@ -349,7 +353,7 @@ def test_token_and_basic_auth_together_is_a_config_error(tmp_path: Path) -> None
 
 def test_a_hung_server_times_out(tmp_path: Path, fake: FakeServer) -> None:
     fake.hang = True
-    gates = MetricGates(prom_cfg(tmp_path, fake.url, timeout=0.5))
+    gates = _gates(prom_cfg(tmp_path, fake.url, timeout=0.5))
     t0 = time.monotonic()
     results = asyncio.run(gates.check(CTX))
     assert time.monotonic() - t0 < 5.0, "a query must not outlive its timeout"
@@ -385,7 +389,7 @@ def test_tls_is_verified_by_default(tmp_path: Path) -> None:
 def test_empty_vector_nan_and_inf(tmp_path: Path, fake: FakeServer) -> None:
     cfg = prom_cfg(tmp_path, fake.url)
     q = build_queries(MetricNames(), cfg.rate_window_s)
-    gates = MetricGates(cfg)
+    gates = _gates(cfg)
 
     def verdicts(**kw: Any) -> dict[str, Any]:
         fake.answer = canned(q, **kw)

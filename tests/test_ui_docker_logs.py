@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from console.core.fakes import ScriptedLink
 from console.ui.app import CanaryApp
 from console.ui.sources import LogSourceSpec
-from console.ui.testing import ScriptedLink, observing, pinned_clock, screen_text, wait_for
+from console.ui.testing import observing, pinned_clock, screen_text, wait_for
 from widgets.log_pane import LogPane
 
 pytestmark = pytest.mark.real

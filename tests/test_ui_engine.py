@@ -9,12 +9,12 @@ import asyncio
 from console.core.clock import FakeClock
 from console.core.engine import Engine, Settings
 from console.core.events import FAIL, PASS, GateResult, Operator
+from console.core.fakes import FakeRouter, ScriptedChecker
 from console.core.journal import Journal, read_records
 from console.remote.links import InProcessLink
 from console.ui.app import CanaryApp
 from console.ui.screens import ConfirmScreen
 from console.ui.testing import screen_text, wait_for
-from tests.fakes import FakeRouter, ScriptedChecker
 
 SIZE = (80, 24)
 
@@ -124,7 +124,7 @@ async def test_an_automatic_rollback_from_the_engine_reaches_the_screen_and_the_
 
 
 async def test_quitting_the_in_process_console_while_live_stops_the_engine_and_leaves_the_traffic(tmp_path):
-    from console.ui.app import with_engine
+    from console.ui.run import with_engine
 
     engine, router, clock = make_engine(tmp_path)
     app = CanaryApp(InProcessLink(engine), clock=clock)

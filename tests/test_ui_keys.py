@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 
 from console.core import events as ev
+from console.core.fakes import ScriptedLink
 from console.ui.app import CanaryApp
 from console.ui.screens import ConfirmScreen, DetailScreen, FaultMenu, HelpScreen
-from console.ui.testing import Script, ScriptedLink, observing, pinned_clock, screen_text, wait_for
+from console.ui.testing import Script, observing, pinned_clock, screen_text, wait_for
 from widgets.log_pane import LogPane
 
 SIZE = (80, 24)

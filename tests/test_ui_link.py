@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from console.commands.attach import LinkStatus
+from console.core.protocols import LinkStatus
 from console.ui.present import latency_bucket, link_note
 
 UP = LinkStatus(attached=True, role="driver", engine_pid=4242, engine_host="deploy-1", deployment_id="d", version="v0.2.0",

@@ -6,9 +6,10 @@ from __future__ import annotations
 import gc
 import tracemalloc
 
+from console.core.fakes import ScriptedLink
 from console.ui.app import CanaryApp
 from console.ui.sources import LogSourceSpec
-from console.ui.testing import ScriptedLink, observing, pinned_clock, screen_text, wait_for
+from console.ui.testing import observing, pinned_clock, screen_text, wait_for
 from widgets.log_pane import LogPane, wrap_offsets
 
 SIZE = (80, 24)

@@ -7,8 +7,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from console.core.fakes import ScriptedLink
 from console.ui.app import CanaryApp
-from console.ui.testing import ScriptedLink, failing_gate, pinned_clock, rolled_back, screen_text, wait_for
+from console.ui.testing import failing_gate, pinned_clock, rolled_back, screen_text, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 HEX = re.compile(r"(?:color|background|border[\w-]*|tint|outline)\s*:[^;\n]*#[0-9a-fA-F]{3,8}\b")

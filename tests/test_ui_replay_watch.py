@@ -10,15 +10,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from console.commands.replay import run as replay_run
+from console.commands.history import run_replay as replay_run
 from console.core import events as ev
+from console.core.fakes import ScriptedDetachedLink
 from console.core.journal import Journal, read_records
 from console.core.state import events_of
-from console.remote.links import ReplayLink
+from console.remote.links import JournalFollowLink, ReplayLink
 from console.ui.app import CanaryApp
 from console.ui.screens import ConfirmScreen
-from console.ui.testing import DEP, Script, ScriptedLink, observing, pinned_clock, rolled_back, screen_text, wait_for
-from console.ui.watch import JournalFollowLink
+from console.ui.testing import DEP, Script, observing, pinned_clock, rolled_back, screen_text, wait_for
 
 SIZE = (80, 24)
 
@@ -92,47 +92,8 @@ async def test_watch_follows_records_appended_to_the_journal(tmp_path):
         assert "r Rollback" not in screen_text(app).splitlines()[-1]
 
 
-@dataclass
-class _Status:
-    attached: bool = True
-    role: str = "driver"
-    engine_pid: int = 4242
-    engine_host: str = "ops1"
-    deployment_id: str = DEP
-    version: str = "v0.2.0"
-    latency_ms: float | None = 2.0
-    driver: str | None = "alice"
-    note: str = ""
-    lost: str = ""
-    exit_code: int | None = None
-
-
-class DetachedLink(ScriptedLink):
-    """A ScriptedLink shaped like console.commands.attach.SocketLink: status, stop, take_over."""
-
-    def __init__(self, history, role="driver"):
-        super().__init__(history, role)
-        self._status = _Status(role=role)
-        self.on_status = None
-        self.stopped = False
-
-    def status(self):
-        return self._status
-
-    def lose(self, why: str) -> None:
-        self._status.lost, self._status.attached = why, False
-        self.on_status(self._status)
-
-    async def stop(self) -> None:
-        self.stopped = True
-
-    async def take_over(self) -> None:
-        self.role = self._status.role = "driver"
-        self.on_status(self._status)
-
-
 async def test_quitting_an_attached_console_detaches_or_stops_the_engine():
-    link = DetachedLink(observing().events)
+    link = ScriptedDetachedLink(observing().events)
     app = CanaryApp(link, clock=pinned_clock(observing()))
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: "OBSERVING" in screen_text(app), what="first frame")
@@ -147,7 +108,7 @@ async def test_quitting_an_attached_console_detaches_or_stops_the_engine():
 
 async def test_a_lost_engine_is_announced_and_r_rolls_back_through_the_router():
     calls: list[str] = []
-    link = DetachedLink(observing().events)
+    link = ScriptedDetachedLink(observing().events)
     app = CanaryApp(link, clock=pinned_clock(observing()), break_glass=calls.append)
     bells: list[int] = []
     async with app.run_test(size=SIZE) as pilot:
@@ -166,7 +127,7 @@ async def test_a_lost_engine_is_announced_and_r_rolls_back_through_the_router():
 
 
 async def test_a_watching_console_can_take_over_with_T():
-    link = DetachedLink(observing().events, role="watcher")
+    link = ScriptedDetachedLink(observing().events, role="watcher")
     app = CanaryApp(link, clock=pinned_clock(observing()))
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: "T Take over" in screen_text(app), what="take over key")
@@ -176,8 +137,8 @@ async def test_a_watching_console_can_take_over_with_T():
 
 
 def test_the_engine_side_modules_import_without_textual_or_rich():
-    code = ("import sys, console.core.engine, console.commands.cli, console.adapters.logtail, console.commands.replay, "
-            "console.ui.watch, console.ui.model;"
+    code = ("import sys, console.core.engine, console.commands.cli, console.adapters.logtail, console.commands.history, "
+            "console.commands.attach, console.remote.links, console.ui.model;"
             "bad = [m for m in ('textual', 'rich') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from console.core.fakes import ScriptedLink
 from console.ui.app import CanaryApp
-from console.ui.testing import ScriptedLink, failing_gate, holding, observing, pinned_clock, rolled_back, screen_text
+from console.ui.testing import failing_gate, holding, observing, pinned_clock, rolled_back, screen_text
 from widgets.log_pane import LogPane
 
 STATES = {

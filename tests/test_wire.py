@@ -13,15 +13,14 @@ from typing import Any
 
 import pytest
 
-from console.commands.attach import SocketLink
 from console.core import events as ev
 from console.core.engine import Engine, Settings
 from console.core.events import Intent, Operator
+from console.core.fakes import FakeHealth, FakeRouter, ScriptedChecker
 from console.core.journal import Journal, read_records
 from console.remote import wire
-from console.remote.daemon import socket_answers
+from console.remote.client import SocketLink, socket_answers
 from console.remote.server import EngineServer
-from tests.fakes import FakeHealth, FakeRouter, ScriptedChecker
 from tests.fixtures.real import await_for
 
 OP = Operator("root", "10.1.2.3", "laptop")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from console.core import events as ev
+from console.core.protocols import DockerUnavailable
 
 if TYPE_CHECKING:
     from console.core.config import Config
@@ -38,14 +39,6 @@ API_TIMEOUT = 10  # seconds per docker API call (streams disable it themselves)
 MAX_LINE = 64 * 1024  # a log "line" without a newline is cut here: every buffer is bounded
 
 NoteFn = Callable[[str, str, dict[str, Any]], object]
-
-
-class DockerUnavailable(Exception):
-    """One line: what failed and where.  ``required`` says whether the config makes it fatal."""
-
-    def __init__(self, message: str, required: bool = False) -> None:
-        super().__init__(message)
-        self.required = required
 
 
 @dataclass(frozen=True)

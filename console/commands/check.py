@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
+from console.core.config import VERSION_RE
+from console.core.exits import ExitCode
+
 if TYPE_CHECKING:
     from console.core.config import Config
 
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"  # shown upper-case in the table
-VERSION_RE = re.compile(r"^v(\d+)\.(\d+)\.(\d+)$")
-EXIT_OK, EXIT_FAILED = 0, 1
 NGINX_TIMEOUT = 30.0
 
 
@@ -513,4 +514,4 @@ def run(args: argparse.Namespace, cfg: Config, out: Callable[[str], None] | None
     rows = run_checks(cfg, args.version, bool(getattr(args, "strict", False)))
     write(format_table(rows))
     write(summary(rows, args.version))
-    return EXIT_FAILED if failed(rows) else EXIT_OK
+    return ExitCode.FAILED if failed(rows) else ExitCode.OK

@@ -1,34 +1,27 @@
-"""canary-console command line.
+"""canary-console command line: the parser and the dispatch, nothing else.
 
-Heavy modules (textual, docker, prometheus-api-client, httpx) are imported only by the
-commands that need them, so `canary-console rollback` starts fast.
-
-Exit codes: 0 ok / reached 100%; 1 checks failed (check); 2 usage or config error;
-3 rolled back; 4 precondition failed; 5 lock held by another driver; 6 the router could not
-apply a change (the old file is kept); 130 interrupted (traffic stays where it is).
+Each command lives in its own module under console/commands/ and is imported only when it
+runs, so heavy modules (textual, docker, prometheus-api-client, httpx) load only for the
+commands that need them and `canary-console rollback` starts fast.  Exit codes:
+console/core/exits.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import importlib
 import os
 import re
 import sys
 from typing import Any
 
 from console.core.config import ConfigError, load_config
-
-EXIT_OK, EXIT_USAGE, EXIT_ROLLED_BACK, EXIT_PRECONDITION, EXIT_LOCKED, EXIT_ROUTER, EXIT_INTERRUPTED = 0, 2, 3, 4, 5, 6, 130
-VERSION_RE = re.compile(r"^v\d+\.\d+\.\d+$")
-
-EPILOG = """exit codes: 0 ok (reached 100%); 1 checks failed; 2 usage or config error; 3 rolled back;
-4 precondition failed; 5 lock held by another driver; 6 router change failed (old file kept); 130 interrupted"""
+from console.core.exits import EPILOG, ExitCode
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
 
 def _percent(v: str) -> int:
@@ -116,24 +109,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-NEEDS_UPSTREAM_DIR = ("deploy", "weights", "rollback", "promote", "check")
-
-LAZY = {
-    "check": "console.commands.check",
-    "promote": "console.commands.promote",
-    "history": "console.commands.history",
-    "replay": "console.commands.replay",
-    "watch": "console.ui.watch",
-    "attach": "console.commands.attach",
+# command -> "module:function"; the module is imported only when its command runs
+COMMANDS = {
+    "deploy": "console.commands.deploy:run",
+    "weights": "console.commands.traffic:run_weights",
+    "rollback": "console.commands.traffic:run_rollback",
+    "status": "console.commands.traffic:run_status",
+    "check": "console.commands.check:run",
+    "promote": "console.commands.promote:run",
+    "history": "console.commands.history:run",
+    "replay": "console.commands.history:run_replay",
+    "watch": "console.commands.attach:run_watch",
+    "attach": "console.commands.attach:run",
+    "demo": "console.commands.demo:run",
 }
+NEEDS_UPSTREAM_DIR = ("deploy", "weights", "rollback", "promote", "check")
+FAST_EXIT = ("weights", "rollback")  # no atexit work: skip the interpreter's teardown (tens of ms on a rollback)
+
+
+def command(name: str) -> Any:
+    module, _, func = COMMANDS[name].partition(":")
+    return getattr(importlib.import_module(module), func)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":  # the sandbox writes its own config; never the operator's
-        from console.sandbox.demo import run as run_demo
-
-        return int(run_demo(args, None))
+        return int(command("demo")(args, None))
     overrides: dict[tuple[str, str], Any] = {}
     if args.command == "deploy":
         overrides[("rollout", "observation_period")] = args.observation_period
@@ -142,236 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.env_file, overrides, check_upstream_dir=args.command in NEEDS_UPSTREAM_DIR)
     except ConfigError as e:
         print(f"canary-console: config error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.command in LAZY:
-        import importlib
-
-        mod = importlib.import_module(LAZY[args.command])
-        return int(mod.run(args, cfg))
-    code = int(COMMANDS[args.command](args, cfg))
-    if args.command in ("weights", "rollback"):
-        # these run no atexit work: skip the interpreter's teardown (tens of ms on a rollback)
+        return ExitCode.USAGE
+    code = int(command(args.command)(args, cfg))
+    if args.command in FAST_EXIT:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     return code
-
-
-# ---------------------------------------------------------------------------- helpers
-def _err(msg: str) -> None:
-    print(f"canary-console: {msg}", file=sys.stderr)
-
-
-def _lock(cfg: Any, command: str) -> Any:
-    from console.core.lock import DriverLock, LockHeld, lock_path_for
-
-    lk = DriverLock(lock_path_for(cfg.journal_path))
-    try:
-        lk.acquire(command)
-    except LockHeld as e:
-        _err(f"another driver holds the lock: {e}. Watch with `canary-console status` or `canary-console watch`.")
-        return None
-    return lk
-
-
-def _records(cfg: Any) -> list[dict[str, Any]]:
-    from console.core.journal import read_records
-
-    return list(read_records(cfg.journal_path))
-
-
-def _open_deployment(records: list[dict[str, Any]]) -> Any:
-    """The unfinished deployment manual router changes are journaled under (None: "manual")."""
-    from console.core.state import unfinished
-
-    return unfinished(records)
-
-
-async def _router_change(cfg: Any, journal: Any, weight: int, reason: str, deployment_id: str, version: str,
-                         router: Any = None, after: tuple[Any, ...] = ()) -> float:
-    """A manual router change with its intent before and its outcome after (``after``: more
-    records to journal with the outcome, in the same write)."""
-    from console.adapters.nginx.router import NginxRouter  # not wiring: the rollback path must not load the engine
-    from console.core import events as ev
-    from console.core.protocols import RouterError
-
-    router = router or NginxRouter.from_config(cfg)
-    gen = f"{deployment_id}:{os.urandom(3).hex()}"
-    common = {"deployment_id": deployment_id, "version": version}
-    journal.append(ev.RouterIntent(weight=weight, previous_weight=router.current_weight(), generation=gen,
-                                   reason=reason, **common))
-    try:
-        took = await router.apply(weight, gen)
-    except RouterError as e:
-        journal.append(ev.RouterFailed(weight=weight, generation=gen, error=f"{e}: {e.detail}",
-                                       restored_weight=e.restored_weight, **common))
-        raise
-    journal.append(ev.RouterApplied(weight=weight, generation=gen, duration_ms=round(took * 1000, 2), **common), *after)
-    return took
-
-
-def _router_failed(e: Any) -> int:
-    if getattr(e, "reloaded", False):  # RouterNotVerified: the new file stays, nginx may serve it
-        _err(f"nginx was reloaded with the new upstream file but did not verifiably serve it: {e}. "
-             "Check `canary-console status` and nginx's error log.")
-    else:
-        _err(f"router change failed, the previous upstream file is kept and nginx was not reloaded: {e}")
-    if getattr(e, "detail", ""):
-        print(e.detail.rstrip(), file=sys.stderr)
-    return EXIT_ROUTER
-
-
-# ---------------------------------------------------------------------------- weights / rollback
-def cmd_weights(args: argparse.Namespace, cfg: Any) -> int:
-    from console.core.journal import Journal
-    from console.core.protocols import RouterError
-
-    lk = _lock(cfg, f"weights {args.percent}")
-    if lk is None:
-        return EXIT_LOCKED
-    try:
-        d = _open_deployment(_records(cfg))
-        dep, ver = (d.deployment_id, d.version) if d else ("manual", "")
-        from console.core import events as ev
-
-        with Journal(cfg.journal_path) as j:
-            j.append(ev.OperatorAction(action="weights", operator=ev.Operator.current(), detail=f"{args.percent}%",
-                                       deployment_id=dep, version=ver))
-            try:
-                took = asyncio.run(_router_change(cfg, j, args.percent, f"manual: weights {args.percent}", dep, ver))
-            except RouterError as e:
-                return _router_failed(e)
-        print(f"canary {args.percent}% / production {100 - args.percent}%: nginx serves it (verified in {took * 1000:.0f} ms)")
-        return EXIT_OK
-    finally:
-        lk.release()
-
-
-def _rollback_through_engine(cfg: Any, reason: str) -> int | None:
-    """While a detached engine drives, `rollback` asks it instead of failing on its lock."""
-    from console.commands.attach import ask_engine
-    from console.core import events as ev
-
-    def judge(e: ev.Event, link: Any) -> int | None:
-        if isinstance(e, ev.RolledBack):
-            print(f"rolled back by the engine (pid {link.engine_pid}): canary 0% / production 100%: {e.reason}")
-            return EXIT_OK
-        if isinstance(e, ev.Failed):
-            _err(f"the engine could not roll back: {e.reason}")
-            return EXIT_ROUTER
-        return None
-
-    return ask_engine(cfg, ev.Intent("rollback", ev.Operator.current(), reason=reason), judge)
-
-
-def cmd_rollback(args: argparse.Namespace, cfg: Any) -> int:
-    from console.core import events as ev
-    from console.core.journal import Journal
-    from console.core.lock import DriverLock, LockHeld, lock_path_for
-    from console.core.protocols import RouterError
-
-    op = ev.Operator.current()
-    reason = args.reason or f"manual rollback by {op.label()}"
-    lk = DriverLock(lock_path_for(cfg.journal_path))
-    try:
-        lk.acquire("rollback")
-    except LockHeld as e:
-        code = _rollback_through_engine(cfg, reason)
-        if code is not None:
-            return code
-        _err(f"another driver holds the lock: {e}. Watch with `canary-console status` or `canary-console watch`.")
-        return EXIT_LOCKED
-    try:
-        st = _open_deployment(_records(cfg))
-        dep, ver = (st.deployment_id, st.version) if st else ("manual", "")
-        after: tuple[ev.Event, ...] = (ev.OperatorAction(action="rollback", operator=op, detail=reason,
-                                                         deployment_id=dep, version=ver),)
-        if st is not None:
-            after += (ev.RolledBack(reason=reason, automatic=False, index=max(st.index, 0), from_weight=st.weight or 0,
-                                    snapshot=st.results, deployment_id=dep, version=ver),)
-        with Journal(cfg.journal_path) as j:
-            try:
-                took = asyncio.run(_router_change(cfg, j, 0, f"rollback: {reason}", dep, ver, after=after))
-            except RouterError as e:
-                return _router_failed(e)
-        print(f"rolled back: canary 0% / production 100%, nginx serves it (verified in {took * 1000:.0f} ms)")
-        return EXIT_OK
-    finally:
-        lk.release()
-
-
-# ---------------------------------------------------------------------------- status
-def cmd_status(args: argparse.Namespace, cfg: Any) -> int:
-    import json
-
-    from console.adapters.nginx.router import NginxRouter
-    from console.core.lock import is_held, lock_path_for, read_holder
-    from console.core.state import deployments
-
-    weight = NginxRouter.from_config(cfg).current_weight()
-    deps = deployments(_records(cfg))
-    last = list(deps.values())[-1] if deps else None
-    lp = lock_path_for(cfg.journal_path)
-    holder = read_holder(lp) if is_held(lp) else None
-    health = asyncio.run(_health_both(cfg))
-    if args.json:
-        out = {
-            "canary_weight": weight,
-            "production_weight": None if weight is None else 100 - weight,
-            "upstream_file": str(cfg.upstream_file),
-            "deployment": None if last is None else {
-                "id": last.deployment_id, "version": last.version, "state": last.state, "stage": last.stage_label(),
-                "weight": last.weight, "reason": last.reason, "started": last.started, "ended": last.ended,
-            },
-            "driver": holder,
-            "health": health,
-        }
-        print(json.dumps(out, indent=2))
-        return EXIT_OK
-    w = "unknown (no managed upstream file)" if weight is None else f"canary {weight}% / production {100 - weight}%"
-    print(f"traffic:    {w}  ({cfg.upstream_file})")
-    if last is None:
-        print("deployment: none in the journal")
-    else:
-        print(f"deployment: {last.deployment_id} {last.version}: {last.state}, stage {last.stage_label()}"
-              + (f" ({last.reason})" if last.reason else ""))
-    if holder:
-        from console.core.lock import describe_holder
-
-        print(f"driver:     {describe_holder(holder)}")
-    for name, h in health.items():
-        print(f"{name + ':':11} {'healthy' if h['ok'] else 'UNHEALTHY'}: {h['detail']}")
-    return EXIT_OK
-
-
-async def _health_both(cfg: Any) -> dict[str, dict[str, Any]]:
-    from console.adapters.health import HttpHealth
-
-    hh = HttpHealth()
-    try:
-        out = {}
-        for name in ("production", "canary"):
-            r = await hh.check(cfg["health"][f"{name}_url"], min(cfg["health"]["timeout"], 3.0))
-            out[name] = {"ok": r.ok, "status_code": r.status_code, "detail": r.detail}
-        return out
-    finally:
-        await hh.aclose()
-
-
-# ---------------------------------------------------------------------------- deploy
-def cmd_deploy(args: argparse.Namespace, cfg: Any) -> int:
-    from console.commands.deploy import deploy
-
-    return deploy(args, cfg)
-
-
-COMMANDS = {
-    "weights": cmd_weights,
-    "rollback": cmd_rollback,
-    "status": cmd_status,
-    "deploy": cmd_deploy,
-}
-
 
 
 if __name__ == "__main__":  # pragma: no cover

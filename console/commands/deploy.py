@@ -9,61 +9,44 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
 import sys
 from typing import Any
 
-from console.commands.cli import (
-    EXIT_LOCKED,
-    EXIT_PRECONDITION,
-    EXIT_USAGE,
-    VERSION_RE,
-    _err,
-    _lock,
-    _records,
-    _router_change,
-    _router_failed,
-)
-from console.core import events as ev
-from console.core.eventfmt import format_event
-from console.core.journal import Journal
+from console.commands.term import confirm, err, event_printer, report_router_error
+from console.core.config import VERSION_RE
+from console.core.exits import ExitCode
+from console.core.journal import Journal, read_records
+from console.core.lock import DriverLock, LockHeld, lock_path_for
+from console.core.manual import router_change
 from console.core.protocols import RouterError
 from console.core.state import events_of, fold, last_applied_weight, unfinished
 
 
-def _confirm(question: str, yes: bool) -> bool:
-    if yes:
-        return True
-    if not sys.stdin.isatty():
-        _err(f"{question} needs confirmation: run again with --yes")
-        return False
-    try:
-        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
-    except EOFError:
-        return False
-
-
-def deploy(args: argparse.Namespace, cfg: Any) -> int:
+def run(args: argparse.Namespace, cfg: Any) -> int:
+    """`canary-console deploy`."""
     version = args.version
     if not VERSION_RE.match(version):
-        _err(f"--version {version!r} is not valid; allowed: vMAJOR.MINOR.PATCH, e.g. v0.2.0")
-        return EXIT_USAGE
+        err(f"--version {version!r} is not valid; allowed: vMAJOR.MINOR.PATCH, e.g. v0.2.0")
+        return ExitCode.USAGE
     stages = cfg.stages
     start_index = 0
     if args.start_stage is not None:
         if args.start_stage not in stages:
-            _err(f"--start-stage {args.start_stage} is not valid; allowed: one of the stages {stages}")
-            return EXIT_USAGE
+            err(f"--start-stage {args.start_stage} is not valid; allowed: one of the stages {stages}")
+            return ExitCode.USAGE
         start_index = stages.index(args.start_stage)
     if args.json and not args.headless:
         args.headless = True
 
     if _engine_answers(cfg):
-        return EXIT_LOCKED
-    lk = _lock(cfg, f"deploy --version {version}")
-    if lk is None:
-        return EXIT_LOCKED
+        return ExitCode.LOCKED
+    lk = DriverLock(lock_path_for(cfg.journal_path))
+    try:
+        lk.acquire(f"deploy --version {version}")
+    except LockHeld as e:
+        err(f"another driver holds the lock: {e}. Watch with `canary-console status` or `canary-console watch`.")
+        return ExitCode.LOCKED
     try:
         return _deploy_locked(args, cfg, version, start_index, lk)
     finally:
@@ -72,14 +55,14 @@ def deploy(args: argparse.Namespace, cfg: Any) -> int:
 
 def _engine_answers(cfg: Any) -> bool:
     """A detached engine already drives this journal: say so, with the attach command."""
-    from console.core.lock import describe_holder, is_held, lock_path_for, read_holder
-    from console.remote.daemon import socket_answers
+    from console.core.lock import describe_holder, is_held, read_holder
+    from console.remote.client import socket_answers
     from console.remote.wire import socket_path_for
 
     lp = lock_path_for(cfg.journal_path)
     if not is_held(lp) or not socket_answers(socket_path_for(cfg.journal_path)):
         return False
-    _err(f"another driver holds the lock: {describe_holder(read_holder(lp))}. "
+    err(f"another driver holds the lock: {describe_holder(read_holder(lp))}. "
          "An engine runs there: watch or drive it with `canary-console attach` (`--take-over` to drive).")
     return True
 
@@ -87,24 +70,24 @@ def _engine_answers(cfg: Any) -> bool:
 def _deploy_locked(args: argparse.Namespace, cfg: Any, version: str, start_index: int, lk: Any) -> int:
     from console.wiring import build_engine, build_router
 
-    records = _records(cfg)
+    records = list(read_records(cfg.journal_path))
     open_dep = unfinished(records, version)
     resumed, deployment_id = False, None
     router = build_router(cfg)
     journal = Journal(cfg.journal_path)
     try:
         if open_dep is not None and not args.resume:
-            _err(
+            err(
                 f"deployment {open_dep.deployment_id} of {version} is unfinished ({open_dep.state}, stage "
                 f"{open_dep.stage_label()}, nginx last served canary {open_dep.weight}%). "
                 f"Resume: canary-console deploy --version {version} --resume   "
                 f"Roll back: canary-console rollback --reason \"...\""
             )
-            return EXIT_PRECONDITION
+            return ExitCode.PRECONDITION
         if args.resume:
             if open_dep is None:
-                _err(f"nothing to resume: no unfinished deployment of {version} in {cfg.journal_path}")
-                return EXIT_PRECONDITION
+                err(f"nothing to resume: no unfinished deployment of {version} in {cfg.journal_path}")
+                return ExitCode.PRECONDITION
             dep_events = events_of(records, open_dep.deployment_id)
             st = fold(dep_events)
             _say_engine_lost(st)
@@ -115,14 +98,14 @@ def _deploy_locked(args: argparse.Namespace, cfg: Any, version: str, start_index
             if on_disk != journaled and not args.dry_run:
                 q = (f"upstream file says canary {on_disk}% but the journal says nginx last served {journaled}%: "
                      f"rewrite the file to {journaled}%?")
-                if not _confirm(q, args.yes):
-                    _err("not resumed: the upstream file and the journal disagree; nothing was changed")
-                    return EXIT_PRECONDITION
+                if not confirm(q, args.yes):
+                    err("not resumed: the upstream file and the journal disagree; nothing was changed")
+                    return ExitCode.PRECONDITION
                 try:
-                    asyncio.run(_router_change(cfg, journal, journaled, "resume: reconcile with journal",
-                                               open_dep.deployment_id, version, router=router))
+                    asyncio.run(router_change(journal, router, journaled, "resume: reconcile with journal",
+                                              open_dep.deployment_id, version))
                 except RouterError as e:
-                    return _router_failed(e)
+                    return report_router_error(e)
                 print(f"reconciled: upstream file rewritten to canary {journaled}%", file=sys.stderr)
             stages = cfg.stages
             if journaled in stages:
@@ -154,7 +137,7 @@ def _say_engine_lost(st: Any) -> None:
     """Resuming after the engine died (kill -9, OOM, reboot): say which engine is gone."""
     import socket
 
-    from console.remote.daemon import pid_alive
+    from console.remote.client import pid_alive
 
     if st.engine_pid and st.engine_host == socket.gethostname() and not pid_alive(st.engine_pid):
         print(f"engine pid {st.engine_pid} of {st.deployment_id} is gone (state {st.state}, stage {st.stage_label()}): "
@@ -166,7 +149,7 @@ def _run_detached(args: argparse.Namespace, cfg: Any, version: str, start_index:
     """Start the engine process with the lock, then attach this terminal to it."""
     import os
 
-    from console.commands.attach import attach_spawned, ui_runner
+    from console.commands.session import attach_spawned, ui_runner
     from console.core.clock import RealClock
     from console.core.engine import new_deployment_id
     from console.remote.daemon import spawn_engine, wait_ready
@@ -197,17 +180,13 @@ def _prechecks(cfg: Any, version: str) -> int:
     failed = [r for r in rows if r.result == "fail"]
     if failed:
         print_table(rows, file=sys.stderr)
-        _err(f"{len(failed)} pre-deployment check(s) failed; nothing was changed. Fix them, or --skip-checks.")
-        return EXIT_PRECONDITION
+        err(f"{len(failed)} pre-deployment check(s) failed; nothing was changed. Fix them, or --skip-checks.")
+        return ExitCode.PRECONDITION
     return 0
 
 
 def _run_headless(engine: Any, json_lines: bool) -> int:
-    def printer(e: ev.Event) -> None:
-        line = json.dumps(e.to_record()) if json_lines else format_event(e)
-        print(line, flush=True)
-
-    engine.add_listener(printer)
+    engine.add_listener(event_printer(json_lines))
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -216,29 +195,18 @@ def _run_headless(engine: Any, json_lines: bool) -> int:
         try:
             return await engine.run()
         finally:
-            await close_engine(engine)
+            await engine.aclose()
 
     code = asyncio.run(main())
-    if code == 130:
+    if code == ExitCode.INTERRUPTED:
         print(f"interrupted: traffic stays where it is. Resume: canary-console deploy --version {engine.version} --resume",
               file=sys.stderr)
     return code
 
 
-async def close_engine(engine: Any) -> None:
-    """Close the engine's adapters (HTTP clients) once it has finished."""
-    for obj in [engine.health, *engine.checkers]:
-        closer = getattr(obj, "aclose", None)
-        if closer is not None:
-            try:
-                await closer()
-            except Exception:  # closing is best effort
-                pass
-
-
 def _run_console(engine: Any, cfg: Any, version: str, records: list[dict[str, Any]]) -> int:
     try:
-        from console.ui.app import run_console_with_engine
+        from console.ui.run import run_console_with_engine
     except ImportError:
         return _run_headless(engine, json_lines=False)
     return run_console_with_engine(engine, cfg, version)

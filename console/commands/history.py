@@ -1,4 +1,10 @@
-"""``canary-console history [--json]``: past deployments, folded from the journal.
+"""``canary-console history [--json]`` and ``replay DEPLOYMENT_ID``: past deployments, from the journal.
+
+``replay`` opens a finished deployment in the read-only console (timeline, gate values over
+time, events); without a terminal it prints the event log instead, one line per event.
+Textual is imported only when the console opens.
+
+``history``:
 
 One row per deployment, in journal order: id, version, start, end, outcome, who, reason.
 Built on ``state.deployments`` (the same fold the live console, ``status`` and ``replay``
@@ -15,6 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from console.core import events as ev
+from console.core.exits import ExitCode
 from console.core.journal import read_records
 from console.core.state import INTERRUPTED, deployments
 
@@ -96,9 +103,45 @@ def run(args: argparse.Namespace, cfg: Config, out: Callable[[str], None] | None
     rows = history(read_records(cfg.journal_path))
     if getattr(args, "json", False):
         write(json.dumps(rows, indent=2))
-        return 0
+        return ExitCode.OK
     if not rows:
         write(f"no deployments in {cfg.journal_path}")
-        return 0
+        return ExitCode.OK
     write(format_table(rows))
-    return 0
+    return ExitCode.OK
+
+
+def resolve_id(ids: list[str], wanted: str) -> str | None:
+    """An exact id, or a prefix / suffix that names exactly one deployment."""
+    if wanted in ids:
+        return wanted
+    hits = [i for i in ids if i.startswith(wanted) or i.endswith(wanted)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def run_replay(args: argparse.Namespace, cfg: Config) -> int:
+    """``canary-console replay DEPLOYMENT_ID``."""
+    from console.commands.term import err
+    from console.core.eventfmt import format_event
+    from console.core.state import events_of
+
+    records = list(read_records(cfg.journal_path))
+    deps = deployments(records)
+    dep = resolve_id(list(deps), args.deployment_id)
+    if dep is None:
+        latest = ", ".join(list(deps)[-3:]) or "none"
+        err(f"replay: no single deployment matches {args.deployment_id!r} in {cfg.journal_path}; "
+            f"allowed: an id from `canary-console history` (latest: {latest})")
+        return ExitCode.USAGE
+    events = events_of(records, dep)
+    if not sys.stdout.isatty():
+        for e in events:
+            print(format_event(e))
+        return ExitCode.OK
+    from console.remote.links import ReplayLink
+    from console.ui.run import run_console
+
+    st = deps[dep]
+    run_console(ReplayLink(events), title_version=st.version,
+                metrics_note=f"replay of {dep} from {cfg.journal_path} (read-only, {st.outcome})")
+    return ExitCode.OK

@@ -20,15 +20,10 @@ from typing import Any
 from console.core import events as ev
 from console.core.clock import Clock, RealClock
 from console.core.events import ERROR, FAIL, PASS, GateResult, Intent, Operator
+from console.core.exits import ExitCode
 from console.core.journal import Journal
-from console.core.protocols import CheckContext, Checker, HealthResult, RouterError, TrafficRouter
+from console.core.protocols import CheckContext, Checker, HealthProbe, HealthResult, RouterError, TrafficRouter
 from console.core.state import DeploymentState, apply
-
-EXIT_OK = 0
-EXIT_ROLLED_BACK = 3
-EXIT_PRECONDITION = 4
-EXIT_ROUTER = 6
-EXIT_INTERRUPTED = 130
 
 ROLLBACK_ATTEMPTS = 3
 
@@ -125,7 +120,7 @@ class Engine:
         journal: Journal,
         clock: Clock | None = None,
         checkers: Sequence[Checker] = (),
-        health: Any = None,
+        health: HealthProbe | None = None,
         operator: Operator | None = None,
         deployment_id: str | None = None,
         start_index: int = 0,
@@ -153,7 +148,7 @@ class Engine:
         self.services = list(services)  # started when run() starts, closed when it ends (notifier)
         self.state = DeploymentState()
         self._listeners: list[Callable[[ev.Event], object]] = list(listeners)
-        self._queues: list[asyncio.Queue[ev.Event]] = []
+        self._queues: list[ev.EventQueue] = []
         self._intents: list[Intent | tuple[str, str]] = []
         self._wake = asyncio.Event()
         self._last_by_gate: dict[str, GateResult] = {}
@@ -162,19 +157,21 @@ class Engine:
         self.exit_code: int | None = None
 
     # ------------------------------------------------------------------ plumbing
-    def subscribe(self, maxsize: int = 0) -> asyncio.Queue[ev.Event]:
-        q: asyncio.Queue[ev.Event] = asyncio.Queue(maxsize)
+    def subscribe(self, maxsize: int = ev.SUBSCRIBER_MAX) -> ev.EventQueue:
+        """A bounded queue of every event from now on (a lagging consumer loses old checks, told how many)."""
+        q = ev.EventQueue(maxsize)
         self._queues.append(q)
         return q
 
-    def unsubscribe(self, q: asyncio.Queue[ev.Event]) -> None:
+    def unsubscribe(self, q: ev.EventQueue) -> None:
         if q in self._queues:
             self._queues.remove(q)
 
     def add_listener(self, fn: Callable[[ev.Event], object]) -> None:
         self._listeners.append(fn)
 
-    def _emit(self, cls: type[ev.Event], **kw: Any) -> ev.Event:
+    def emit(self, cls: type[ev.Event], **kw: Any) -> ev.Event:
+        """Stamp, journal, fold and deliver a new event of this deployment."""
         return self.publish(cls(
             ts=self.clock.utcnow().isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             deployment_id=self.deployment_id,
@@ -188,10 +185,7 @@ class Engine:
         self.journal.append(e)  # durable before anyone acts on it
         self.state = apply(self.state, e)
         for q in list(self._queues):
-            try:
-                q.put_nowait(e)
-            except asyncio.QueueFull:
-                pass  # a slow consumer loses events, never the engine
+            q.put_nowait(e)  # bounded: a slow consumer loses old checks, never the engine
         for fn in self._listeners:
             try:
                 r = fn(e)
@@ -204,7 +198,17 @@ class Engine:
         return e
 
     def note(self, level: str, message: str, **data: Any) -> None:
-        self._emit(ev.Note, level=level, message=message, data=data)
+        self.emit(ev.Note, level=level, message=message, data=data)
+
+    async def aclose(self) -> None:
+        """Close the adapters the engine was given (HTTP clients, metric sources), best effort."""
+        for obj in [self.health, *self.checkers]:
+            closer = getattr(obj, "aclose", None)  # optional in the Checker Protocol
+            if closer is not None:
+                try:
+                    await closer()
+                except Exception:  # closing is best effort
+                    pass
 
     def submit(self, intent: Intent) -> None:
         """Queue an operator intent (from the console, the socket, a test)."""
@@ -236,7 +240,7 @@ class Engine:
 
     async def _run_outer(self) -> int:
         s = self.s
-        self._emit(
+        self.emit(
             ev.DeploymentStarted,
             stages=tuple(s.stages),
             start_stage=s.stages[self.start_index],
@@ -256,11 +260,11 @@ class Engine:
         except _Interrupted as it:
             idx = max(self.state.index, 0)
             w = self._weight if self._weight is not None else (self.state.weight or 0)
-            self._emit(ev.Interrupted, index=idx, weight=w, signal=it.signal, resume_command=resume_command(self.version))
-            code = EXIT_INTERRUPTED
+            self.emit(ev.Interrupted, index=idx, weight=w, signal=it.signal, resume_command=resume_command(self.version))
+            code = ExitCode.INTERRUPTED
         except RouterError as e:
-            self._emit(ev.Failed, reason=f"router: {e}", index=max(self.state.index, 0), weight=self._weight or 0)
-            code = EXIT_ROUTER
+            self.emit(ev.Failed, reason=f"router: {e}", index=max(self.state.index, 0), weight=self._weight or 0)
+            code = ExitCode.ROUTER
         self.exit_code = code
         await self._drain_tasks()
         return code
@@ -272,20 +276,20 @@ class Engine:
     async def _run(self) -> int:
         s = self.s
         if not await self._precheck():
-            return EXIT_PRECONDITION
+            return ExitCode.PRECONDITION
         idx = self.start_index
         while True:
             await self._begin_stage(idx)  # before the traffic moves: latency edges, the stage's MDE
             self._take_urgent()  # a rollback or interrupt queued meanwhile wins over raising the traffic
             await self._set_weight(s.stages[idx], f"stage {idx + 1}/{len(s.stages)}")
-            self._emit(
+            self.emit(
                 ev.StageStarted, index=idx, weight=s.stages[idx], total=len(s.stages),
                 observation_period=s.observation_period, min_period=s.min_stage_time,
             )
             if idx == len(s.stages) - 1:
-                self._emit(ev.Completed, index=idx)
+                self.emit(ev.Completed, index=idx)
                 if not s.stay_at_100:
-                    return EXIT_OK
+                    return ExitCode.OK
                 return await self._monitor_at_100(idx)
             step = await self._observe(idx)
             if step == "next":
@@ -314,7 +318,7 @@ class Engine:
             return True
         res: HealthResult = await self.health.check(self.s.canary_health_url, self.s.health_timeout)
         if not res.ok:
-            self._emit(ev.Failed, reason=f"canary is not healthy before the first stage: {res.detail}", index=self.start_index)
+            self.emit(ev.Failed, reason=f"canary is not healthy before the first stage: {res.detail}", index=self.start_index)
             return False
         self.note("info", f"canary healthy: {res.detail}")
         return True
@@ -322,19 +326,19 @@ class Engine:
     async def _set_weight(self, weight: int, reason: str) -> None:
         previous = self._weight if self._weight is not None else self.router.current_weight()
         gen = f"{self.deployment_id}:{os.urandom(3).hex()}"
-        self._emit(ev.RouterIntent, weight=weight, previous_weight=previous, generation=gen, reason=reason)
+        self.emit(ev.RouterIntent, weight=weight, previous_weight=previous, generation=gen, reason=reason)
         if self.s.dry_run:
-            self._emit(ev.RouterApplied, weight=weight, generation=gen, duration_ms=0.0)
+            self.emit(ev.RouterApplied, weight=weight, generation=gen, duration_ms=0.0)
             self._weight = weight
             return
         try:
             took = await asyncio.shield(self.router.apply(weight, gen))
         except RouterError as e:
             detail = f"{e}: {e.detail}".strip(": ") if e.detail else str(e)
-            self._emit(ev.RouterFailed, weight=weight, generation=gen, error=detail, restored_weight=e.restored_weight)
+            self.emit(ev.RouterFailed, weight=weight, generation=gen, error=detail, restored_weight=e.restored_weight)
             raise
         self._weight = weight
-        self._emit(ev.RouterApplied, weight=weight, generation=gen, duration_ms=round(took * 1000, 2))
+        self.emit(ev.RouterApplied, weight=weight, generation=gen, duration_ms=round(took * 1000, 2))
 
     # ------------------------------------------------------------------ observation
     async def _wait(self, seconds: float) -> None:
@@ -396,7 +400,7 @@ class Engine:
         return None
 
     def _act(self, it: Intent, accepted: bool = True, detail: str = "") -> None:
-        self._emit(ev.OperatorAction, action=it.action, operator=it.operator, detail=detail or it.reason, accepted=accepted)
+        self.emit(ev.OperatorAction, action=it.action, operator=it.operator, detail=detail or it.reason, accepted=accepted)
 
     def _apply_intent(self, it: Intent, st: _Stage | None) -> str | Intent | None:
         a = it.action
@@ -410,7 +414,7 @@ class Engine:
             return None
         if a == "advance":
             self._act(it, detail=it.reason or "skip the rest of the observation")
-            self._emit(ev.StagePassed, index=st.index, weight=st.weight, reason=f"advanced by {it.operator.label()}")
+            self.emit(ev.StagePassed, index=st.index, weight=st.weight, reason=f"advanced by {it.operator.label()}")
             return "next"
         if a == "step_back":
             if st.index == 0:
@@ -424,7 +428,7 @@ class Engine:
                 return None
             self._act(it)
             st.paused = True
-            self._emit(ev.Paused, index=st.index, weight=st.weight, remaining=max(0.0, st.limit - st.elapsed))
+            self.emit(ev.Paused, index=st.index, weight=st.weight, remaining=max(0.0, st.limit - st.elapsed))
             return None
         if a == "resume":
             if not st.paused and not st.hold:
@@ -434,7 +438,7 @@ class Engine:
             if st.hold and st.hold_kind == "inconclusive":
                 st.limit = st.elapsed + st.period  # observe one more period
             st.paused, st.hold, st.hold_kind = False, "", ""
-            self._emit(ev.Resumed, index=st.index, weight=st.weight, remaining=max(0.0, st.limit - st.elapsed))
+            self.emit(ev.Resumed, index=st.index, weight=st.weight, remaining=max(0.0, st.limit - st.elapsed))
             return None
         if a == "promote":
             self._act(it, False, "promote is only possible at 100%")
@@ -535,7 +539,7 @@ class Engine:
         elif st.hold_kind == "unavailable":
             decision = "continue"
 
-        self._emit(
+        self.emit(
             ev.CheckCompleted, index=st.index, weight=st.weight, elapsed=round(st.elapsed, 3),
             remaining=round(max(0.0, st.limit - st.elapsed), 3), results=tuple(results), breaches=dict(st.breaches),
             consecutive_failures=s.consecutive_failures, unavailable=st.unavailable, decision=decision,
@@ -544,24 +548,24 @@ class Engine:
             raise _Rollback(reason, automatic=True)
         if decision == "hold" and not st.hold:
             st.hold, st.hold_kind = reason, "unavailable"
-            self._emit(ev.Holding, index=st.index, weight=st.weight, reason=reason)
+            self.emit(ev.Holding, index=st.index, weight=st.weight, reason=reason)
         elif st.hold_kind == "unavailable" and not errors:
             st.hold, st.hold_kind = "", ""
             self.note("info", "metrics are back: observation continues")
-            self._emit(ev.Resumed, index=st.index, weight=st.weight, remaining=max(0.0, st.limit - st.elapsed))
+            self.emit(ev.Resumed, index=st.index, weight=st.weight, remaining=max(0.0, st.limit - st.elapsed))
 
     def _end_of_observation(self, st: _Stage) -> str | None:
         s = self.s
         blocking = [r for r in st.last if r.blocking and r.verdict != PASS]
         if not blocking and st.last:
-            self._emit(ev.StagePassed, index=st.index, weight=st.weight, reason="every gate passed on data")
+            self.emit(ev.StagePassed, index=st.index, weight=st.weight, reason="every gate passed on data")
             return "next"
         failing = [r for r in blocking if r.verdict == FAIL]
         names = ", ".join(f"{r.gate} {r.verdict}" for r in blocking) or "no gate reported"
         if not st.extended:
             st.extended = True
             st.limit = 2 * st.period
-            self._emit(ev.StageExtended, index=st.index, weight=st.weight, reason=f"not every gate passed: {names}",
+            self.emit(ev.StageExtended, index=st.index, weight=st.weight, reason=f"not every gate passed: {names}",
                        until=st.limit)
             return None
         if failing:
@@ -570,7 +574,7 @@ class Engine:
         if s.on_inconclusive == "rollback":
             raise _Rollback(why, automatic=True)
         st.hold, st.hold_kind = why, "inconclusive"
-        self._emit(ev.Holding, index=st.index, weight=st.weight, reason=why)
+        self.emit(ev.Holding, index=st.index, weight=st.weight, reason=why)
         return None
 
     async def _monitor_at_100(self, idx: int) -> int:
@@ -582,7 +586,7 @@ class Engine:
             try:
                 step = self._handle_intents(None)
             except _Stop:
-                return EXIT_OK
+                return ExitCode.OK
             if isinstance(step, Intent):
                 return await self._promote(step)
             await self._wait(s.check_interval)
@@ -594,12 +598,12 @@ class Engine:
         and journals; a refusal keeps the engine monitoring at 100%."""
         if self.on_promote is None:
             self._act(it)
-            self._emit(ev.Promoted, operator=it.operator, approvals=it.approvals, reason=it.reason)
-            return EXIT_OK
+            self.emit(ev.Promoted, operator=it.operator, approvals=it.approvals, reason=it.reason)
+            return ExitCode.OK
         self._act(it)
         done = await self.on_promote(it)
         if done is not None:
-            return EXIT_OK
+            return ExitCode.OK
         return await self._monitor_at_100(max(self.state.index, 0))
 
     # ------------------------------------------------------------------ rollback
@@ -616,12 +620,12 @@ class Engine:
                 last_error = str(e)
                 await self.clock.sleep(0.5 * (attempt + 1))
         else:
-            self._emit(ev.Failed, reason=f"rollback to 0% failed {ROLLBACK_ATTEMPTS} times: {last_error}; "
+            self.emit(ev.Failed, reason=f"rollback to 0% failed {ROLLBACK_ATTEMPTS} times: {last_error}; "
                        "traffic may still reach the canary: run `canary-console weights 0`", index=idx, weight=from_weight)
-            return EXIT_ROUTER
-        self._emit(ev.RolledBack, reason=reason, automatic=automatic, index=idx, from_weight=from_weight,
+            return ExitCode.ROUTER
+        self.emit(ev.RolledBack, reason=reason, automatic=automatic, index=idx, from_weight=from_weight,
                    snapshot=tuple(self._last_by_gate.values()))
-        return EXIT_ROLLED_BACK
+        return ExitCode.ROLLED_BACK
 
 
 def describe(r: GateResult) -> str:

@@ -379,3 +379,62 @@ def _clean(v: Any) -> Any:
     if isinstance(v, list | tuple):
         return [_clean(x) for x in v]
     return v
+
+
+# --------------------------------------------------------------------------- bounded delivery
+
+SUBSCRIBER_MAX = 1000  # events queued for one consumer before it starts losing the oldest non-critical ones
+# what a consumer may lose when it lags: the periodic check results and notes; never a weight,
+# a stage, a rollback or an ending
+DROPPABLE = (CheckCompleted, Note)
+
+
+class EventQueue:
+    """A bounded queue of events for one consumer (a console link, a socket reader).
+
+    Full, it drops its oldest droppable event (a check or a note) to make room; when only
+    critical events are queued it keeps them and grows past ``maxsize`` rather than lose one.
+    The consumer is told how many it lost: the next ``get`` returns a Note saying so first."""
+
+    def __init__(self, maxsize: int = SUBSCRIBER_MAX) -> None:
+        import asyncio
+        from collections import deque
+
+        self.maxsize = max(1, maxsize)
+        self._items: deque[Any] = deque()
+        self._ready = asyncio.Event()
+        self.dropped = 0  # lost since the consumer last heard of it
+        self.dropped_total = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: Any) -> None:
+        if len(self._items) >= self.maxsize:
+            for i, old in enumerate(self._items):
+                if isinstance(old, DROPPABLE):
+                    del self._items[i]
+                    self.dropped += 1
+                    self.dropped_total += 1
+                    break
+        self._items.append(item)
+        self._ready.set()
+
+    def get_nowait(self) -> Any:
+        if self.dropped:
+            n, self.dropped = self.dropped, 0
+            nxt = next((x for x in self._items if isinstance(x, Event)), None)
+            return Note(level="warning", message=f"this console fell behind: {n} check/note event(s) were dropped; "
+                        "the journal has them all", data={"dropped": n},
+                        deployment_id=getattr(nxt, "deployment_id", ""), version=getattr(nxt, "version", ""))
+        if not self._items:
+            raise IndexError("empty")
+        item = self._items.popleft()
+        if not self._items:
+            self._ready.clear()
+        return item
+
+    async def get(self) -> Any:
+        while not self._items and not self.dropped:
+            await self._ready.wait()
+        return self.get_nowait()

@@ -35,9 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from console.adapters.metrics import GateSource, WindowStats, build_source, window_label
 from console.core.events import ERROR, FAIL, INCONCLUSIVE, PASS, GateResult
-from console.core.protocols import CheckContext, MetricsUnavailable
+from console.core.protocols import CheckContext, MetricSource, MetricsUnavailable, WindowStats, window_label
 
 OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, ">": operator.gt}
 
@@ -214,9 +213,9 @@ class MetricGates:
 
     name = "metrics"
 
-    def __init__(self, cfg: Any, source: GateSource | None = None, *, clock: Any = None, owns_source: bool = True) -> None:
+    def __init__(self, cfg: Any, source: MetricSource, *, owns_source: bool = True) -> None:
         self.policy = GatePolicy.from_cfg(cfg)
-        self.source: GateSource = source if source is not None else build_source(cfg, clock=clock)
+        self.source = source
         self.owns_source = owns_source
         self.last: list[GateResult] = []
 
@@ -228,9 +227,7 @@ class MetricGates:
                 f"min {p.min_requests} canary requests in {p.window}")
 
     async def begin_stage(self, ctx: CheckContext) -> Sequence[dict[str, Any]]:
-        start = getattr(self.source, "start", None)
-        if callable(start):
-            start()  # the scrape source starts sampling before the first check
+        self.source.start()  # the scrape source starts sampling before the first check
         return [{"level": "info", "message": f"metric gates: {self.describe()}",
                  "data": {"source": self.source.kind, "window": self.policy.window, "gates": self.policy.gate_names}}]
 

@@ -11,8 +11,6 @@ from pathlib import Path
 
 from console.core.events import Operator, utc_now_iso
 
-EXIT_LOCKED = 5
-
 
 class LockHeld(Exception):
     def __init__(self, holder: dict) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -13,10 +13,31 @@ class RouterError(Exception):
     """A router change failed.  ``detail`` is the tool's own text (nginx -t output);
     ``restored_weight`` is what the file was put back to, if anything."""
 
+    reloaded = False  # True when nginx was reloaded with the new file but did not confirm it
+
     def __init__(self, message: str, detail: str = "", restored_weight: int | None = None) -> None:
         super().__init__(message)
         self.detail = detail
         self.restored_weight = restored_weight
+
+
+class DockerUnavailable(Exception):
+    """One line: what failed and where.  ``required`` says whether the config makes it fatal."""
+
+    def __init__(self, message: str, required: bool = False) -> None:
+        super().__init__(message)
+        self.required = required
+
+
+class ImageTagger(Protocol):
+    """Tags images for a promotion (console/adapters/docker.DockerAdapter)."""
+
+    required: bool  # [docker] required: a failure stops the promotion before anything is routed
+
+    def tag_image(self, source: str, tags: list[str]) -> list[str]:
+        """Tag ``source`` as each of ``tags``; returns the tags made.  Raises DockerUnavailable."""
+
+    def close(self) -> None: ...
 
 
 class TrafficRouter(Protocol):
@@ -86,21 +107,102 @@ class CounterSnapshot:
     canary: VersionCounters | None
 
 
-class MetricSource(Protocol):
-    """Prometheus or direct scrape.  ``snapshot`` may be called by several checkers in one
-    check: a source answers calls within a short interval from one read."""
+FRESH_FOR = 0.5  # seconds: metric-source calls closer together than this share one read
 
-    async def snapshot(self) -> CounterSnapshot: ...
+
+@dataclass(frozen=True)
+class VersionStats:
+    """One version over the window.  ``requests``/``by_mode`` are increases (Prometheus'
+    extrapolated ``increase()``, so not necessarily integers)."""
+
+    requests: float = 0.0
+    by_mode: dict[str, float] = field(default_factory=dict)
+    error_ratio: float | None = None  # 5xx / all; None: no requests in W (0/0)
+    p95: dict[str, float | None] = field(default_factory=dict)  # None: no requests of that mode in W
+    schema_failures: float = 0.0  # increase in W (a version with no such series counts 0)
+    schema_series: bool = False  # whether the schema-failure counter exists at all
+    rl_loss: float | None = None  # the gauge; None: not reported
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    t: float  # clock.monotonic() of the read
+    window_s: float
+    source: str  # "prometheus" | "scrape"
+    canary: VersionStats
+    production: VersionStats | None = None
+    notes: tuple[str, ...] = ()  # things worth showing that are not failures
+    queries: dict[str, str] = field(default_factory=dict)  # gate -> the PromQL behind it (prometheus)
+
+
+class MetricSource(Protocol):
+    """Prometheus or a direct scrape (console/adapters/metrics).  Calls within a short interval
+    are answered from one read, so several checkers in one check cost one set of queries.  A
+    source that cannot answer raises MetricsUnavailable with one line (never a credential)."""
+
+    kind: str
+
+    async def stats(self) -> WindowStats:
+        """Per version, over the rate window: what the gates judge."""
+
+    async def snapshot(self) -> CounterSnapshot:
+        """The cumulative counters, for the sequential analysis."""
+
+    def start(self) -> None:
+        """Begin sampling before the first check (a scrape source; Prometheus samples on its own)."""
+
+    async def aclose(self) -> None: ...
+
+    def describe(self) -> str:
+        """One line for operators: where the numbers come from (never a credential)."""
+
+
+def window_label(cfg: Any) -> str:
+    """The rate window as the operator wrote it ("5m"), or as seconds ("300s")."""
+    from console.core.config import format_duration
+
+    raw = cfg["metrics"]["rate_window"]
+    return raw if isinstance(raw, str) else format_duration(float(raw))
+
+
+class HealthProbe(Protocol):
+    """GET a health endpoint (console/adapters/health.HttpHealth)."""
+
+    async def check(self, url: str, timeout: float) -> HealthResult: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LinkStatus:
+    """What the console shows about its link: attached or not, to which engine, how fast."""
+
+    attached: bool
+    role: str  # driver | watcher | replay
+    engine_pid: int = 0
+    engine_host: str = ""
+    deployment_id: str = ""
+    version: str = ""
+    latency_ms: float | None = None  # last ping round trip
+    driver: str | None = None  # who drives, as the engine last said
+    note: str = ""  # why this console does not drive, or the engine's last error
+    lost: str = ""  # "" while attached; why the link ended
+    exit_code: int | None = None  # the engine's exit code, once it said bye
 
 
 class EngineLink(Protocol):
     """What a console holds on to: engine events in, operator intents out.
 
     The in-process link wraps an Engine; the socket link (detached engine) speaks the same
-    records over a unix socket; the replay link serves a finished deployment's journal.
-    ``role`` is "driver", "watcher" or "replay"; only a driver may submit."""
+    records over a unix socket; the replay and journal-follow links read the journal
+    (console/remote/links.py, console/remote/client.py).  ``role`` is "driver", "watcher" or
+    "replay"; only a driver may submit.  What a link cannot do it refuses with PermissionError,
+    and says so up front in its capabilities, so a console never has to probe it."""
 
     role: str
+    detached: bool  # the engine runs in another process: it goes on when this console leaves
+    can_take_over: bool  # a watcher may ask for the driver's seat
+    on_status: Callable[[LinkStatus], object] | None  # called when the status changes
 
     def history(self) -> list[Any]:
         """Events that happened before this console attached (from the journal)."""
@@ -110,5 +212,14 @@ class EngineLink(Protocol):
 
     async def submit(self, intent: Any) -> None:
         """Send an intent; raises PermissionError when this link may not drive."""
+
+    def status(self) -> LinkStatus:
+        """Attached or not, to which engine, with what role and latency."""
+
+    async def stop(self) -> None:
+        """End the engine, leaving the traffic where it is; PermissionError when not allowed."""
+
+    async def take_over(self) -> None:
+        """Become the driver; PermissionError when this link cannot."""
 
     async def close(self) -> None: ...

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from console.core.events import Operator, utc_now_iso
+from console.core.exits import ExitCode
 from console.remote import wire
-
-EXIT_USAGE, EXIT_LOCKED = 2, 5
+from console.remote.client import socket_answers
 
 
 def _log(line: str) -> None:
@@ -112,42 +112,6 @@ def wait_ready(proc: subprocess.Popen[bytes], socket_path: Path, timeout: float 
     return False
 
 
-def socket_answers(path: Path, timeout: float = 1.0) -> bool:
-    """Whether a live engine accepts connections on ``path`` (a dead engine leaves a refusing file)."""
-    if not path.exists():
-        return False
-    name, dir_fd = wire.short_path(path)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(name)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-        if dir_fd is not None:
-            os.close(dir_fd)
-
-
-def pid_alive(pid: int) -> bool:
-    """A running process (a zombie is dead)."""
-    if pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return stat.rsplit(b")", 1)[-1].split()[0] not in (b"Z", b"X")
-
-
 # ---------------------------------------------------------------------------- the daemon itself
 def _hold_lock(cfg: Any, args: argparse.Namespace, operator: Operator) -> Any:
     """The driver lock: the inherited descriptor, or a fresh one (started by hand)."""
@@ -182,11 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.env_file, overrides)
     except ConfigError as e:
         _log(f"config error: {e}")
-        return EXIT_USAGE
+        return ExitCode.USAGE
     operator = Operator(**json.loads(args.operator)) if args.operator else Operator.current()
     lk = _hold_lock(cfg, args, operator)
     if lk is None:
-        return EXIT_LOCKED
+        return ExitCode.LOCKED
     journal_path = Path(cfg.journal_path)
     pid_file = wire.pid_path_for(journal_path)
     try:
@@ -206,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _serve(cfg: Any, args: argparse.Namespace, operator: Operator) -> int:
-    from console.commands.deploy import close_engine
     from console.core.eventfmt import format_event
     from console.core.journal import Journal
     from console.remote.server import QUEUE_SIZE, EngineServer
@@ -230,7 +193,7 @@ async def _serve(cfg: Any, args: argparse.Namespace, operator: Operator) -> int:
         return code
     finally:
         await server.close(code)
-        await close_engine(engine)
+        await engine.aclose()
         journal.close()
 
 

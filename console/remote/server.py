@@ -139,9 +139,8 @@ class EngineServer:
         self._closing = True
         if self._server is not None:
             self._server.close()
-        st = getattr(self.engine, "state", None)
-        bye = wire.encode(wire.BYE, exit_code=exit_code, state=getattr(st, "state", ""),
-                          reason=getattr(st, "reason", ""))
+        st = self.engine.state
+        bye = wire.encode(wire.BYE, exit_code=exit_code, state=st.state, reason=st.reason)
         for c in list(self.clients):
             if c.role:
                 self._enqueue(c, bye)
@@ -227,15 +226,10 @@ class EngineServer:
 
     def _journal(self, cls: type[ev.Event], **kw: Any) -> None:
         """Emit an event through the engine (journal, state, every console), if it still runs."""
-        if self._closing or getattr(self.engine, "exit_code", None) is not None:
+        if self._closing or self.engine.exit_code is not None:
             return
-        e = self.engine
         try:
-            clock = getattr(e, "clock", None)
-            ts = clock.utcnow().isoformat(timespec="milliseconds").replace("+00:00", "Z") if clock else ev.utc_now_iso()
-            settings = getattr(e, "s", None)
-            e.publish(cls(ts=ts, deployment_id=e.deployment_id, version=e.version,
-                          dry_run=bool(getattr(settings, "dry_run", False)), **kw))
+            self.engine.emit(cls, **kw)
         except Exception as exc:  # journaling an audit line never takes the engine down
             self.log(f"could not journal {cls.kind}: {type(exc).__name__}: {exc}")
 
@@ -425,7 +419,7 @@ class EngineServer:
             self._refuse(c, "stop", "not_driver", "only the driving console may stop the engine", req_id)
             return
         op = c.operator
-        at_100 = getattr(self.engine.state, "state", "") == "at 100%"
+        at_100 = self.engine.state.state == "at 100%"
         self._journal(ev.OperatorAction, action="stop", operator=op, accepted=True,
                       detail="monitoring at 100% ends" if at_100 else "engine stops; traffic stays where it is")
         if at_100:

@@ -24,11 +24,13 @@ from console.core import state as st
 from console.core.clock import Clock, RealClock
 from console.core.eventfmt import format_event
 from console.core.events import Intent, Operator
+from console.core.exits import ExitCode, exit_code_for
+from console.core.protocols import EngineLink
 from console.ui import asks
 from console.ui import messages as m
 from console.ui.asks import Confirm, KeyHelp
 from console.ui.model import ConsoleModel
-from console.ui.present import decision_rows, exit_code_for, header_info, key_help, link_note, series_rows, timeline_view
+from console.ui.present import decision_rows, header_info, key_help, link_note, series_rows, timeline_view
 from console.ui.sources import HEARTBEAT, DockerReader, LogSourceSpec, read_file
 from widgets.decision import DecisionPanel, DetailRequested
 from widgets.header_bar import HeaderBar
@@ -65,7 +67,7 @@ class CanaryApp(App[int]):
 
     def __init__(
         self,
-        link: Any,
+        link: EngineLink,
         *,
         title_version: str = "",
         log_sources: Sequence[LogSourceSpec] = (),
@@ -74,7 +76,7 @@ class CanaryApp(App[int]):
         clock: Clock | None = None,
         log_max_lines: int = 5000,
         drain_interval: float = 0.5,
-        break_glass: Callable[[str], Any] | None = None,
+        break_glass: Callable[[str], float] | None = None,  # rolls back through the router; seconds taken
     ) -> None:
         super().__init__()
         self.link = link
@@ -114,8 +116,7 @@ class CanaryApp(App[int]):
         self.query_one("#gates").border_title = "Gates"
         self.query_one("#sparks").border_title = "p95 & errors: canary │ prod"
         self.query_one("#gates", DecisionPanel).focus()
-        if hasattr(self.link, "on_status"):
-            self.link.on_status = lambda status: self.post_message(m.LinkStatusChanged(status))
+        self.link.on_status = lambda status: self.post_message(m.LinkStatusChanged(status))
         self._read_link()
         for spec, pane in zip(self.log_sources, self.panes(), strict=False):
             self._start_source(spec, pane)
@@ -316,7 +317,7 @@ class CanaryApp(App[int]):
                 return False  # watch / replay: nothing here moves traffic
             return self._traffic_allowed(action, s)
         if action == "take_over":
-            return self.link.role == "watcher" and hasattr(self.link, "take_over") and not self.engine_lost()
+            return self.link.role == "watcher" and self.link.can_take_over and not self.engine_lost()
         if action == "faults":
             return bool(self.fault_actions) and self.link.role == "driver"
         if action == "request_quit" and _is(self.screen, "ConfirmScreen"):
@@ -347,11 +348,11 @@ class CanaryApp(App[int]):
 
     def detached(self) -> bool:
         """The engine runs in its own process (attach): quitting detaches, the rollout goes on."""
-        return hasattr(self.link, "stop") and hasattr(self.link, "status")
+        return self.link.detached
 
     def engine_lost(self) -> bool:
         """A detached engine that vanished without saying bye (kill -9, OOM, reboot)."""
-        if not hasattr(self.link, "status"):
+        if not self.link.detached:
             return False
         st_ = self.link.status()
         return bool(st_.lost) and st_.exit_code is None and st_.lost != "detached"
@@ -401,11 +402,10 @@ class CanaryApp(App[int]):
     def _break_glass(self, reason: str) -> None:
         assert self.break_glass is not None
         try:
-            res = self.break_glass(reason)
+            took = self.break_glass(reason)
         except Exception as e:  # refused (lock, engine answers) or the router failed: one line
             self.call_from_thread(self.notify, f"break-glass rollback failed: {e}", severity="error", timeout=30)
             return
-        took = getattr(res, "took", None)
         self.call_from_thread(self.notify, "rolled back through the router: canary 0% / production 100%"
                               + (f" (verified in {took * 1000:.0f} ms)" if isinstance(took, float) else ""),
                               severity="warning", timeout=30)
@@ -489,13 +489,13 @@ class CanaryApp(App[int]):
         except (PermissionError, ValueError, ConnectionError) as e:
             self.notify(f"could not stop the engine: {e}", severity="error")
             return
-        self._quit(130)
+        self._quit(ExitCode.INTERRUPTED)
 
     def _quit(self, code: int | None = None) -> None:
         if code is None:
-            code = getattr(self.link, "exit_code", None)
-            if not isinstance(code, int):
-                code = exit_code_for(self.model.state, self.link.role)
+            code = self.link.status().exit_code if self.link.detached else None
+            if code is None:  # a watcher's or a replay's console ends with 0; a driver's as the deployment did
+                code = 0 if self.link.role != "driver" else int(exit_code_for(self.model.state))
         self.exit_code = code
         self.exit(code, return_code=code)
 
@@ -523,7 +523,7 @@ class CanaryApp(App[int]):
     # ------------------------------------------------------------------ help / palette
     def key_help(self) -> list[KeyHelp]:
         """Every key; judged on the console beneath the help (``allowed``, not ``check_action``)."""
-        skip = {a for a, present in (("take_over", hasattr(self.link, "take_over")), ("faults", bool(self.fault_actions)))
+        skip = {a for a, present in (("take_over", self.link.can_take_over), ("faults", bool(self.fault_actions)))
                 if not present}
         return key_help(self.BINDINGS, self.allowed, self.link.role, TRAFFIC, skip)
 
@@ -554,8 +554,3 @@ def _is(screen: Any, name: str) -> bool:
     """``isinstance`` against a screen class without importing the dialogs at start."""
     return any(cls.__name__ == name for cls in type(screen).__mro__)
 
-
-# the entry points (deploy, attach, watch, replay, demo import them from here)
-from console.ui.run import run_console, run_console_with_engine, with_engine  # noqa: E402
-
-__all__ = ["CanaryApp", "run_console", "run_console_with_engine", "with_engine"]

@@ -172,15 +172,3 @@ def latency_bucket(ms: float | None) -> str:
         if ms < edge:
             return f"<{edge}ms"
     return ">1s"
-
-
-def exit_code_for(s: st.DeploymentState, role: str) -> int:
-    if role != "driver":
-        return 0
-    if s.state in (st.AT_100, st.PROMOTED):
-        return 0
-    if s.state == st.ROLLED_BACK:
-        return 3
-    if s.state == st.FAILED:
-        return 6 if s.reason.startswith(("router", "rollback to 0%")) else 4
-    return 130

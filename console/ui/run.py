@@ -1,5 +1,5 @@
 """Running the console: on a link (attach, watch, replay) or beside an in-process engine
-(``deploy --foreground``, the demo).  Re-exported by console.ui.app."""
+(``deploy --foreground``, the demo)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from console.core import state as st
+from console.core.exits import ExitCode
 from console.ui.app import CanaryApp
 
 
@@ -17,7 +18,7 @@ def run_console(link: Any, *, cfg: Any = None, version: str = "", break_glass: C
     """Run the console on a link until the operator quits; returns the exit code.
 
     ``cfg`` (optional) gives the log panes, the pane size and the metrics note; ``break_glass``
-    (``console.commands.attach.break_glass_rollback``) lets ``r`` roll back through the router when a
+    (``console.commands.session.break_glass_rollback``) lets ``r`` roll back through the router when a
     detached engine is gone."""
     if cfg is not None:
         from console.ui.sources import specs_from_config
@@ -26,10 +27,10 @@ def run_console(link: Any, *, cfg: Any = None, version: str = "", break_glass: C
         kw.setdefault("log_max_lines", int(cfg["console"]["log_max_lines"]))
         kw.setdefault("metrics_note", note(cfg))
     kw.setdefault("title_version", version)
-    glass = (lambda reason: break_glass(cfg, reason)) if (break_glass is not None and cfg is not None) else None
+    glass = (lambda reason: break_glass(cfg, reason).took_s) if (break_glass is not None and cfg is not None) else None
     app = CanaryApp(link, break_glass=glass, **kw)
     app.run()
-    return app.exit_code if app.return_code is not None else 130
+    return app.exit_code if app.return_code is not None else ExitCode.INTERRUPTED
 
 
 def run_console_with_engine(engine: Any, cfg: Any, version: str, **kw: Any) -> int:
@@ -51,7 +52,7 @@ async def with_engine(engine: Any, app: CanaryApp, run_app: Callable[[], Awaitab
     """Run ``engine`` beside the console until the console ends; returns the engine's exit code."""
     task = asyncio.ensure_future(engine.run())
     loop = asyncio.get_running_loop()
-    sigs = (signal.SIGTERM, signal.SIGHUP)
+    sigs = (signal.SIGTERM, signal.SIGHUP)  # the same as a confirmed quit: exit 130 (ExitCode.INTERRUPTED)
     for sig in sigs:
         loop.add_signal_handler(sig, lambda name=sig.name: (engine.interrupt(name), app.exit(130, return_code=130)))
     try:
@@ -65,7 +66,7 @@ async def with_engine(engine: Any, app: CanaryApp, run_app: Callable[[], Awaitab
             else:
                 engine.interrupt("console quit")  # the traffic stays where it is
         code = await task
-        await _close(engine)
+        await engine.aclose()
     return int(code)
 
 
@@ -73,13 +74,3 @@ def note(cfg: Any) -> str:
     src = cfg["metrics"]["source"]
     where = {"prometheus": cfg["prometheus"]["url"], "scrape": cfg["scrape"]["canary"]}.get(src, "")
     return f"{src}{' at ' + where if where else ''}, checks every {cfg['rollout']['check_interval']:g}s"
-
-
-async def _close(engine: Any) -> None:
-    for obj in [engine.health, *engine.checkers]:
-        closer = getattr(obj, "aclose", None)
-        if closer is not None:
-            try:
-                await closer()
-            except Exception:  # best effort
-                pass

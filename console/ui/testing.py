@@ -1,5 +1,5 @@
-"""A scripted EngineLink for Pilot and snapshot tests (and the bench): plays events that the
-test feeds, records the intents the console submits."""
+"""Helpers for Pilot and snapshot tests (and the bench): scripted deployments, a pinned clock,
+the screen as text.  The scripted link itself is console.core.fakes.ScriptedLink."""
 
 from __future__ import annotations
 

@@ -27,11 +27,10 @@ from collections import defaultdict
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from console.adapters.metrics import FRESH_FOR, VersionStats, WindowStats
 from console.adapters.metrics.promql import MetricNames, Queries, build_queries, parse_le
 from console.core.clock import RealClock
 from console.core.config import ConfigError, parse_duration
-from console.core.protocols import CounterSnapshot, MetricsUnavailable, VersionCounters
+from console.core.protocols import FRESH_FOR, CounterSnapshot, MetricsUnavailable, VersionCounters, VersionStats, WindowStats
 
 TOKEN_ENV = "CANARY_PROMETHEUS_TOKEN"
 USER_ENV = "CANARY_PROMETHEUS_USER"
@@ -120,6 +119,9 @@ class PrometheusSource:
         return f"PrometheusSource(url={safe_url(self.url)!r}, auth={self.auth_kind!r}, verify_tls={self.verify_tls})"
 
     __str__ = __repr__
+
+    def start(self) -> None:
+        """Prometheus samples on its own: nothing to start."""
 
     def describe(self) -> str:
         auth = "" if self.auth_kind == "none" else f", {self.auth_kind}"

@@ -24,12 +24,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from console.adapters.metrics import FRESH_FOR, VersionStats, WindowStats
 from console.adapters.metrics.prometheus import os_reason, redact, safe_url
 from console.adapters.metrics.promql import MetricNames, Point, bucket_quantile, extrapolated_increase, is_error_status, parse_le
 from console.core.clock import RealClock
 from console.core.config import parse_duration
-from console.core.protocols import CounterSnapshot, MetricsUnavailable, VersionCounters
+from console.core.protocols import FRESH_FOR, CounterSnapshot, MetricsUnavailable, VersionCounters, VersionStats, WindowStats
 
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]  # (sample name, sorted labels)
 MAX_SCRAPES = 4096  # per target, whatever the window

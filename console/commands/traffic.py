@@ -1,0 +1,130 @@
+"""`canary-console weights N`, `rollback` and `status`: the traffic, by hand.
+
+These are the break-glass path, so they start fast: no engine, no textual, httpx or docker
+(`status` loads httpx for its health line only).  `weights` and `rollback` take the driver
+lock; while a detached engine holds it, `rollback` asks that engine instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from typing import Any
+
+from console.commands.term import err, report_router_error
+from console.core import events as ev
+from console.core import manual
+from console.core.exits import ExitCode
+from console.core.journal import read_records
+from console.core.lock import DriverLock, LockHeld, lock_path_for
+from console.core.protocols import RouterError
+from console.wiring import build_router
+
+
+def _held(e: LockHeld) -> ExitCode:
+    err(f"another driver holds the lock: {e}. Watch with `canary-console status` or `canary-console watch`.")
+    return ExitCode.LOCKED
+
+
+def run_weights(args: argparse.Namespace, cfg: Any) -> int:
+    lk = DriverLock(lock_path_for(cfg.journal_path))
+    try:
+        lk.acquire(f"weights {args.percent}")
+    except LockHeld as e:
+        return _held(e)
+    try:
+        res = manual.set_weight(cfg.journal_path, build_router(cfg), args.percent, ev.Operator.current())
+    except RouterError as e:
+        return report_router_error(e)
+    finally:
+        lk.release()
+    print(f"canary {args.percent}% / production {100 - args.percent}%: nginx serves it (verified in {res.took_s * 1000:.0f} ms)")
+    return ExitCode.OK
+
+
+def _rollback_through_engine(cfg: Any, reason: str) -> int | None:
+    """While a detached engine drives, `rollback` asks it instead of failing on its lock."""
+    from console.remote.client import ask_engine
+
+    def judge(e: ev.Event, link: Any) -> int | None:
+        if isinstance(e, ev.RolledBack):
+            print(f"rolled back by the engine (pid {link.engine_pid}): canary 0% / production 100%: {e.reason}")
+            return ExitCode.OK
+        if isinstance(e, ev.Failed):
+            err(f"the engine could not roll back: {e.reason}")
+            return ExitCode.ROUTER
+        return None
+
+    return ask_engine(cfg.journal_path, ev.Intent("rollback", ev.Operator.current(), reason=reason), judge, say=err)
+
+
+def run_rollback(args: argparse.Namespace, cfg: Any) -> int:
+    op = ev.Operator.current()
+    reason = args.reason or f"manual rollback by {op.label()}"
+    lk = DriverLock(lock_path_for(cfg.journal_path))
+    try:
+        lk.acquire("rollback")
+    except LockHeld as e:
+        code = _rollback_through_engine(cfg, reason)
+        return code if code is not None else _held(e)
+    try:
+        res = manual.rollback(cfg.journal_path, build_router(cfg), reason, op)
+    except RouterError as e:
+        return report_router_error(e)
+    finally:
+        lk.release()
+    print(f"rolled back: canary 0% / production 100%, nginx serves it (verified in {res.took_s * 1000:.0f} ms)")
+    return ExitCode.OK
+
+
+def run_status(args: argparse.Namespace, cfg: Any) -> int:
+    from console.core.lock import describe_holder, is_held, read_holder
+    from console.core.state import deployments
+
+    weight = build_router(cfg).current_weight()
+    deps = deployments(read_records(cfg.journal_path))
+    last = list(deps.values())[-1] if deps else None
+    lp = lock_path_for(cfg.journal_path)
+    holder = read_holder(lp) if is_held(lp) else None
+    health = asyncio.run(_health_both(cfg))
+    if args.json:
+        out = {
+            "canary_weight": weight,
+            "production_weight": None if weight is None else 100 - weight,
+            "upstream_file": str(cfg.upstream_file),
+            "deployment": None if last is None else {
+                "id": last.deployment_id, "version": last.version, "state": last.state, "stage": last.stage_label(),
+                "weight": last.weight, "reason": last.reason, "started": last.started, "ended": last.ended,
+            },
+            "driver": holder,
+            "health": health,
+        }
+        print(json.dumps(out, indent=2))
+        return ExitCode.OK
+    w = "unknown (no managed upstream file)" if weight is None else f"canary {weight}% / production {100 - weight}%"
+    print(f"traffic:    {w}  ({cfg.upstream_file})")
+    if last is None:
+        print("deployment: none in the journal")
+    else:
+        print(f"deployment: {last.deployment_id} {last.version}: {last.state}, stage {last.stage_label()}"
+              + (f" ({last.reason})" if last.reason else ""))
+    if holder:
+        print(f"driver:     {describe_holder(holder)}")
+    for name, h in health.items():
+        print(f"{name + ':':11} {'healthy' if h['ok'] else 'UNHEALTHY'}: {h['detail']}")
+    return ExitCode.OK
+
+
+async def _health_both(cfg: Any) -> dict[str, dict[str, Any]]:
+    from console.adapters.health import HttpHealth
+
+    hh = HttpHealth()
+    try:
+        out = {}
+        for name in ("production", "canary"):
+            r = await hh.check(cfg["health"][f"{name}_url"], min(cfg["health"]["timeout"], 3.0))
+            out[name] = {"ok": r.ok, "status_code": r.status_code, "detail": r.detail}
+        return out
+    finally:
+        await hh.aclose()

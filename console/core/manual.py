@@ -1,0 +1,120 @@
+"""Router changes made without an engine: `weights`, `rollback`, the resume reconciliation and
+the break-glass rollback of a console whose engine is gone.
+
+Each is journaled like the engine's own changes: the intent before (with the operator's action,
+in the same write), the outcome after.  The router is passed in (core builds no adapter), so
+this module stays as cheap to import as the rollback path needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from console.core import events as ev
+from console.core.journal import Journal, read_records
+from console.core.lock import DriverLock, LockHeld, describe_holder, lock_path_for
+from console.core.protocols import RouterError, TrafficRouter
+from console.core.state import DeploymentState, deployments, unfinished
+
+
+async def router_change(journal: Journal, router: TrafficRouter, weight: int, reason: str, deployment_id: str,
+                        version: str, before: tuple[ev.Event, ...] = (), after: tuple[ev.Event, ...] = ()) -> float:
+    """One journaled router change: ``before`` and the intent in one write, the outcome (and
+    ``after``) in the next.  Returns the seconds nginx took to verifiably serve ``weight``;
+    raises RouterError (journaled as RouterFailed) when it did not."""
+    gen = f"{deployment_id}:{os.urandom(3).hex()}"
+    common = {"deployment_id": deployment_id, "version": version}
+    journal.append(*before, ev.RouterIntent(weight=weight, previous_weight=router.current_weight(), generation=gen,
+                                            reason=reason, **common))
+    try:
+        took = await router.apply(weight, gen)
+    except RouterError as e:
+        journal.append(ev.RouterFailed(weight=weight, generation=gen, error=f"{e}: {e.detail}".rstrip(": "),
+                                       restored_weight=e.restored_weight, **common))
+        raise
+    journal.append(ev.RouterApplied(weight=weight, generation=gen, duration_ms=round(took * 1000, 2), **common), *after)
+    return took
+
+
+@dataclass(frozen=True)
+class ManualResult:
+    deployment_id: str  # "manual" when no deployment is open
+    from_weight: int | None  # what the upstream file said before
+    took_s: float
+
+
+def target(records: list[dict], *, or_last: bool = False) -> DeploymentState:
+    """The deployment a manual change is journaled under: the unfinished one; with ``or_last``
+    the latest one; else "manual"."""
+    dep = unfinished(records)
+    if dep is None and or_last:
+        deps = list(deployments(records).values())
+        dep = deps[-1] if deps else None
+    return dep or DeploymentState(deployment_id="manual")
+
+
+def set_weight(journal_path: Path, router: TrafficRouter, weight: int, operator: ev.Operator) -> ManualResult:
+    """`canary-console weights N`; the caller holds the driver lock."""
+    dep = target(list(read_records(journal_path)))
+    common = {"deployment_id": dep.deployment_id, "version": dep.version}
+    before = router.current_weight()
+    action = ev.OperatorAction(action="weights", operator=operator, detail=f"{weight}%", **common)
+    with Journal(journal_path) as j:
+        took = asyncio.run(router_change(j, router, weight, f"manual: weights {weight}", dep.deployment_id, dep.version,
+                                         before=(action,)))
+    return ManualResult(dep.deployment_id, before, took)
+
+
+def rollback(journal_path: Path, router: TrafficRouter, reason: str, operator: ev.Operator, *,
+             or_last: bool = False) -> ManualResult:
+    """Canary 0% through the router, journaled with the operator's action and, for a deployment,
+    its RolledBack.  The caller holds the driver lock (or was forced to go without)."""
+    dep = target(list(read_records(journal_path)), or_last=or_last)
+    common = {"deployment_id": dep.deployment_id, "version": dep.version}
+    before = router.current_weight()
+    action = ev.OperatorAction(action="rollback", operator=operator, detail=reason, **common)
+    after: tuple[ev.Event, ...] = ()
+    if dep.deployment_id != "manual":
+        after = (ev.RolledBack(reason=reason, automatic=False, index=max(dep.index, 0), from_weight=dep.weight or 0,
+                               snapshot=dep.results, **common),)
+    with Journal(journal_path) as j:
+        took = asyncio.run(router_change(j, router, 0, f"rollback: {reason}", dep.deployment_id, dep.version,
+                                         before=(action,), after=after))
+    return ManualResult(dep.deployment_id, before, took)
+
+
+class BreakGlassRefused(Exception):
+    """The break-glass rollback would race a live driver: one line why."""
+
+
+def break_glass_rollback(journal_path: Path, router: Callable[[], TrafficRouter], reason: str,
+                         operator: ev.Operator | None = None, *, force: bool = False,
+                         engine_answers: Callable[[], bool] = lambda: False) -> ManualResult:
+    """Roll back to 0% straight through the router, without the engine (it is lost), journaled.
+
+    Takes the driver lock first.  If a live process holds it: when its engine answers
+    (``engine_answers``), roll back through the engine instead (BreakGlassRefused); when nothing
+    answers (a hung engine), only ``force`` goes ahead without the lock.  Raises RouterError if
+    nginx cannot be changed (the previous file is kept).  Blocking: call it from a thread in a UI.
+    """
+    op = operator or ev.Operator.current()
+    lk: DriverLock | None = DriverLock(lock_path_for(journal_path))
+    try:
+        lk.acquire(f"break-glass rollback by {op.label()}", op)
+    except LockHeld as e:
+        if engine_answers():
+            raise BreakGlassRefused(f"the engine answers ({describe_holder(e.holder)}): roll back through it") from None
+        if not force:
+            raise BreakGlassRefused(f"the lock is held by {describe_holder(e.holder)} and its engine does not answer: "
+                                    "force the break-glass rollback to go ahead without the lock") from None
+        lk = None
+    try:
+        why = f"break-glass: {reason}" + ("" if lk is not None else " (forced: the lock holder does not answer)")
+        return rollback(journal_path, router(), why, op, or_last=True)
+    finally:
+        if lk is not None:
+            lk.release()
