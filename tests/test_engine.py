@@ -12,6 +12,8 @@ from console.core.engine import Engine, Settings
 from console.core.events import ERROR, FAIL, INCONCLUSIVE, PASS, GateResult, Intent, Operator
 from console.core.fakes import FakeHealth, FakeRouter, ScriptedChecker
 from console.core.journal import Journal, read_records
+from console.core.protocols import RouterError
+from console.core.state import last_applied_weight, router_truth
 
 OP = Operator("alice", "10.0.0.7")
 
@@ -49,7 +51,8 @@ async def test_every_router_change_is_journaled_as_intent_then_outcome(tmp_path)
     eng, _, _, _ = make(tmp_path)
     await eng.run()
     recs = [r for r in read_records(tmp_path / "j.jsonl") if r["event"].startswith("router")]
-    assert [r["event"] for r in recs] == ["router_intent", "router_applied"] * 4
+    assert [r["event"] for r in recs] == ["router_intent", "router_applied"] * 5  # the preflight, then 4 stages
+    assert recs[0]["reason"].startswith("preflight") and recs[0]["weight"] == 0 and recs[1]["weight"] == 0
     assert all(a["generation"] == b["generation"] for a, b in zip(recs[::2], recs[1::2], strict=True))
     assert all(r["ts"].endswith("Z") and r["deployment_id"] and r["version"] == "v0.2.0" for r in recs)
 
@@ -228,11 +231,56 @@ async def test_dry_run_never_touches_the_router(tmp_path):
     assert [e.weight for e in kinds(seen, ev.RouterApplied)] == [1, 5, 25, 100]
 
 
-async def test_router_failure_ends_the_deployment_with_nginx_text(tmp_path):
+async def test_a_failed_nginx_t_at_a_raised_stage_rolls_back_to_0_first(tmp_path):
     eng, seen, _, _ = make(tmp_path, router=FakeRouter(fail_on=[25]))
+    assert await eng.run() == 3
+    failed = kinds(seen, ev.RouterFailed)[0]
+    assert "host not found" in failed.error and failed.outcome == "restored" and failed.file_weight == 5
+    assert eng.router.applied == [1, 5, 0] and eng.router.weight == 0
+    rb = kinds(seen, ev.RolledBack)[0]
+    assert rb.automatic and rb.reason.startswith("router: the change to canary 25% failed")
+    # canary 0% first, then the reason
+    assert seen.index(kinds(seen, ev.RouterApplied)[-1]) < seen.index(rb)
+    assert last_applied_weight(read_records(tmp_path / "j.jsonl")) == 0
+
+
+async def test_a_change_nginx_does_not_confirm_in_time_is_unconfirmed_and_rolled_back(tmp_path):
+    eng, seen, _, _ = make(tmp_path, router=FakeRouter(unconfirmed_on=[5]))
+    assert await eng.run() == 3
+    failed = kinds(seen, ev.RouterFailed)[0]
+    assert failed.weight == 5 and failed.outcome == "unconfirmed" and failed.file_weight == 5
+    assert failed.restored_weight is None  # the previous weight is never claimed as live
+    recs = list(read_records(tmp_path / "j.jsonl"))
+    truth_before = router_truth(recs[: next(i for i, r in enumerate(recs) if r["event"] == "router_failed") + 1])
+    assert truth_before.state == "unconfirmed" and truth_before.pending_weight == 5 and truth_before.confirmed_weight == 1
+    assert eng.router.weight == 0 and router_truth(recs).state == "applied" and router_truth(recs).confirmed_weight == 0
+
+
+async def test_a_late_confirmation_is_journaled_and_still_rolls_back(tmp_path):
+    eng, seen, _, _ = make(tmp_path, router=FakeRouter(late_on=[5]))
+    assert await eng.run() == 3
+    late = [e for e in kinds(seen, ev.RouterApplied) if e.late]
+    assert [e.weight for e in late] == [5]
+    assert kinds(seen, ev.RolledBack)[0].reason.startswith("router: the change to canary 5% was not confirmed")
+    assert eng.router.weight == 0
+
+
+async def test_when_even_0_cannot_be_confirmed_exit_6_says_what_nginx_serves_and_what_to_run(tmp_path):
+    eng, seen, _, _ = make(tmp_path, router=FakeRouter(unconfirmed_on=[5, 0]))
     assert await eng.run() == 6
-    assert "host not found" in kinds(seen, ev.RouterFailed)[0].error
-    assert eng.router.weight == 5
+    reason = kinds(seen, ev.Failed)[0].reason
+    assert "rollback to 0% failed 3 times" in reason and "as far as anyone can tell" in reason
+    assert "the upstream file holds canary 0%" in reason and "nginx last confirmed canary 1%" in reason
+    assert 'canary-console rollback --reason' in reason and "\n" not in reason
+    assert router_truth(read_records(tmp_path / "j.jsonl")).state == "unconfirmed"
+
+
+async def test_a_failed_preflight_changes_nothing_and_exits_4(tmp_path):
+    err = RouterError("preflight: http://127.0.0.1/__canary/generation did not answer the new generation (got HTTP 404)")
+    eng, seen, _, _ = make(tmp_path, router=FakeRouter(weight=0, preflight_error=err))
+    assert await eng.run() == 4
+    assert eng.router.applied == [] and not kinds(seen, ev.StageStarted)
+    assert kinds(seen, ev.Failed)[0].reason.startswith("preflight: http://127.0.0.1/__canary/generation")
 
 
 async def test_start_index_and_resume_flag(tmp_path):
@@ -322,7 +370,7 @@ async def test_a_lagging_subscriber_loses_old_checks_never_a_weight_and_is_told_
     # every event that moves or explains the traffic is still there, in order
     critical = [e for e in seen if not isinstance(e, ev.DROPPABLE)]
     assert [e for e in rest if not isinstance(e, ev.DROPPABLE)] == critical
-    assert [e.weight for e in rest if isinstance(e, ev.RouterApplied)] == [1, 5, 25, 100]
+    assert [e.weight for e in rest if isinstance(e, ev.RouterApplied)] == [0, 1, 5, 25, 100]  # preflight, stages
     assert len(rest) + q.dropped_total == len(seen)
 
 

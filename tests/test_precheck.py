@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from console.adapters.nginx import generation_of
 from console.commands import check as precheck
 from console.commands.check import FAIL, PASS, SKIP, WARN, CheckRow
 from console.core.config import Config, load_config
@@ -42,14 +43,17 @@ def test_every_check_passes_against_healthy_real_components(tmp_path: Path, ngin
     assert results(rows) == {
         "version format": PASS, "production health": PASS, "canary health": PASS, "canary version": PASS,
         "prometheus": SKIP, "metrics production": PASS, "metrics canary": PASS, "nginx test": PASS,
-        "docker": SKIP, "canary container": SKIP, "compose file": PASS,
+        "nginx confirms": PASS, "docker": SKIP, "canary container": SKIP, "compose file": PASS,
     }, out
     assert rows["canary version"].detail == "the canary reports 0.2.0"
     assert "routes canary 0% / production 100%" in rows["nginx test"].detail
+    assert rows["nginx confirms"].detail.startswith("nginx served a fresh generation of upstream.conf")
+    on_disk = generation_of(nginx_env.upstream_file.read_text())
+    assert on_disk.startswith("preflight-") and nginx_env.served_generation() == on_disk  # the fresh one, really served
     lines = out.splitlines()
     assert lines[0].split() == ["check", "result", "detail"]
     assert any(ln.split()[:3] == ["canary", "version", "PASS"] for ln in lines)
-    assert lines[-1] == "pre-deployment checks for v0.2.0: ok (8 pass, 0 warn, 0 fail, 3 skip)"
+    assert lines[-1] == "pre-deployment checks for v0.2.0: ok (9 pass, 0 warn, 0 fail, 3 skip)"
 
 
 def test_check_through_the_cli(tmp_path: Path, nginx_env: NginxEnv) -> None:
@@ -59,7 +63,7 @@ def test_check_through_the_cli(tmp_path: Path, nginx_env: NginxEnv) -> None:
     cmd = [sys.executable, "-m", "console.commands.cli", "--config", str(cfg.path), "check", "--strict", "--version"]
     p = subprocess.run([*cmd, "v0.2.0"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert p.stdout.splitlines()[-1] == "pre-deployment checks for v0.2.0: ok (8 pass, 0 warn, 0 fail, 3 skip)"
+    assert p.stdout.splitlines()[-1] == "pre-deployment checks for v0.2.0: ok (9 pass, 0 warn, 0 fail, 3 skip)"
     p = subprocess.run([*cmd, "v0.3.0"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert p.returncode == 1
     assert "canary version      FAIL    the canary reports 0.2.0, but v0.3.0 is being deployed" in p.stdout

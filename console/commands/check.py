@@ -4,7 +4,8 @@
 
 becomes a table (check, result, detail).  Results are PASS, WARN, FAIL or SKIP (not
 applicable with this configuration); ``--strict`` turns every WARN into a FAIL.  Exit 0 when
-nothing failed, 1 otherwise.  ``deploy`` calls ``run_checks(..., for_deploy=True)`` (or
+nothing failed, 1 otherwise, and 4 when the router's preflight fails (it cannot see what
+nginx serves, so no stage of a deploy could be confirmed).  ``deploy`` calls ``run_checks(..., for_deploy=True)`` (or
 ``arun_checks`` from a running event loop) first and stops on a failure; ``for_deploy``
 only relaxes a missing upstream file to a warning (the first stage writes it).
 
@@ -267,6 +268,25 @@ async def check_nginx(cfg: Config, for_deploy: bool = False) -> CheckRow:
     return CheckRow("nginx test", PASS, f"{short_argv(argv)} ok; {upstream.name} routes canary {w}% / production {100 - w}%")
 
 
+PREFLIGHT = "nginx confirms"
+
+
+async def check_preflight(cfg: Config) -> CheckRow:
+    """The router's preflight: the same weights under a fresh generation, reloaded, and seen
+    served through verify_url (traffic does not move; on failure the file is put back)."""
+    from console.core.protocols import RouterError
+    from console.wiring import build_router
+
+    router = build_router(cfg)
+    if router.current_weight() is None:
+        return CheckRow(PREFLIGHT, SKIP, "no managed upstream file to rewrite (see nginx test)")
+    try:
+        took = await router.preflight()
+    except RouterError as e:
+        return CheckRow(PREFLIGHT, FAIL, str(e))
+    return CheckRow(PREFLIGHT, PASS, f"nginx served a fresh generation of {cfg.upstream_file.name} in {took * 1000:.0f} ms")
+
+
 # ---------------------------------------------------------------------- docker
 def check_docker(cfg: Config, version: str) -> list[CheckRow]:
     if not cfg["docker"]["enabled"]:
@@ -464,12 +484,23 @@ def check_compose(cfg: Config, version: str) -> list[CheckRow]:
 
 
 # ---------------------------------------------------------------------- all
+async def _nginx_rows(cfg: Config, for_deploy: bool) -> list[CheckRow]:
+    """``nginx -t``, then (for `check`; `deploy`'s engine runs its own before the first stage)
+    the preflight, once nginx accepts the file."""
+    row = await check_nginx(cfg, for_deploy)
+    if for_deploy:
+        return [row]
+    if row.result == FAIL:
+        return [row, CheckRow(PREFLIGHT, SKIP, "nginx -t failed")]
+    return [row, await check_preflight(cfg)]
+
+
 async def arun_checks(cfg: Config, version: str, strict: bool = False, for_deploy: bool = False) -> list[CheckRow]:
     """Every check, concurrently; in a stable order."""
     rows: list[CheckRow] = [check_version(version)]
     health_t = asyncio.ensure_future(check_health(cfg, version))
     metrics_t = asyncio.ensure_future(check_metrics(cfg))
-    nginx_t = asyncio.ensure_future(check_nginx(cfg, for_deploy))
+    nginx_t = asyncio.ensure_future(_nginx_rows(cfg, for_deploy))
     docker_t = asyncio.ensure_future(asyncio.to_thread(check_docker, cfg, version))
     compose_t = asyncio.ensure_future(asyncio.to_thread(check_compose, cfg, version))
     for t, label in ((health_t, "health"), (metrics_t, "metrics"), (nginx_t, "nginx test"), (docker_t, "docker"),
@@ -514,4 +545,6 @@ def run(args: argparse.Namespace, cfg: Config, out: Callable[[str], None] | None
     rows = run_checks(cfg, args.version, bool(getattr(args, "strict", False)))
     write(format_table(rows))
     write(summary(rows, args.version))
+    if any(r.check == PREFLIGHT and r.result == FAIL for r in rows):
+        return ExitCode.PRECONDITION  # the router cannot see what nginx serves: no deploy could be confirmed
     return ExitCode.FAILED if failed(rows) else ExitCode.OK

@@ -22,7 +22,7 @@ from console.core import manual
 from console.core.exits import ExitCode, exit_code_for
 from console.core.journal import read_records
 from console.core.manual import BreakGlassRefused, ManualResult
-from console.core.state import FINISHED, DeploymentState, events_of, fold, last_applied_weight
+from console.core.state import FINISHED, UNCONFIRMED, DeploymentState, events_of, fold, router_truth
 from console.remote import wire
 from console.remote.client import LinkRefused, SocketLink, socket_answers
 
@@ -140,10 +140,14 @@ def _after_end(link: SocketLink) -> int:
 
 
 def lost_line(st: DeploymentState, records: list[dict[str, Any]]) -> str:
-    w = last_applied_weight(r for r in records if r.get("deployment_id") == st.deployment_id)
+    truth = router_truth(r for r in records if r.get("deployment_id") == st.deployment_id)
+    w = truth.confirmed_weight
+    where = f"the journal says nginx last served canary {0 if w is None else w}%, and the traffic stays there"
+    if truth.state == UNCONFIRMED:
+        where = (f"the journal says nginx last confirmed canary {0 if w is None else w}%, and a change to canary "
+                 f"{truth.pending_weight}% is UNCONFIRMED (the upstream file may hold it, nginx may serve it)")
     return (f"engine lost: deployment {st.deployment_id} ({st.version}) at stage {st.stage_label()}, engine pid "
-            f"{st.engine_pid} on {st.engine_host or '?'} is gone; the journal says nginx last served canary "
-            f"{0 if w is None else w}%, and the traffic stays there. Resume: canary-console deploy --version "
+            f"{st.engine_pid} on {st.engine_host or '?'} is gone; {where}. Resume: canary-console deploy --version "
             f"{st.version} --resume   Roll back: canary-console rollback --reason \"...\"")
 
 

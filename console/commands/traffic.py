@@ -19,6 +19,7 @@ from console.core.exits import ExitCode
 from console.core.journal import read_records
 from console.core.lock import DriverLock, LockHeld, lock_path_for
 from console.core.protocols import RouterError
+from console.core.state import NO_CHANGE, UNCONFIRMED, RouterTruth, router_truth
 from console.wiring import build_router
 
 
@@ -83,15 +84,20 @@ def run_status(args: argparse.Namespace, cfg: Any) -> int:
     from console.core.state import deployments
 
     weight = build_router(cfg).current_weight()
-    deps = deployments(read_records(cfg.journal_path))
+    records = list(read_records(cfg.journal_path))
+    truth = router_truth(records)
+    deps = deployments(records)
     last = list(deps.values())[-1] if deps else None
     lp = lock_path_for(cfg.journal_path)
     holder = read_holder(lp) if is_held(lp) else None
     health = asyncio.run(_health_both(cfg))
     if args.json:
         out = {
-            "canary_weight": weight,
+            "canary_weight": weight,  # what the upstream file holds
             "production_weight": None if weight is None else 100 - weight,
+            "confirmed": truth.agrees_with(weight),  # nginx confirmed exactly this, nothing pending since
+            "router": {"state": truth.state, "confirmed_weight": truth.confirmed_weight,
+                       "pending_weight": truth.pending_weight, "detail": truth.detail},
             "upstream_file": str(cfg.upstream_file),
             "deployment": None if last is None else {
                 "id": last.deployment_id, "version": last.version, "state": last.state, "stage": last.stage_label(),
@@ -104,6 +110,9 @@ def run_status(args: argparse.Namespace, cfg: Any) -> int:
         return ExitCode.OK
     w = "unknown (no managed upstream file)" if weight is None else f"canary {weight}% / production {100 - weight}%"
     print(f"traffic:    {w}  ({cfg.upstream_file})")
+    line = _confirmation(truth, weight)
+    if line:
+        print(f"nginx:      {line}")
     if last is None:
         print("deployment: none in the journal")
     else:
@@ -114,6 +123,21 @@ def run_status(args: argparse.Namespace, cfg: Any) -> int:
     for name, h in health.items():
         print(f"{name + ':':11} {'healthy' if h['ok'] else 'UNHEALTHY'}: {h['detail']}")
     return ExitCode.OK
+
+
+def _confirmation(truth: RouterTruth, weight: int | None) -> str:
+    """One line on whether nginx confirmed what the file holds, from the journal."""
+    if truth.state == NO_CHANGE:
+        return "no router change in the journal yet"
+    if truth.agrees_with(weight):
+        return f"confirmed: nginx serves canary {weight}% (journal)"
+    if truth.state == UNCONFIRMED:
+        last = "nothing" if truth.confirmed_weight is None else f"canary {truth.confirmed_weight}%"
+        return (f"UNCONFIRMED: a change to canary {truth.pending_weight}% was not confirmed ({truth.detail}); nginx "
+                f"last confirmed {last}. Reconcile: canary-console deploy --version V --resume, or "
+                'canary-console rollback --reason "..."')
+    return (f"the file holds canary {weight}% but nginx last confirmed canary {truth.confirmed_weight}%: "
+            "it was changed outside canary-console; set it with canary-console weights N")
 
 
 async def _health_both(cfg: Any) -> dict[str, dict[str, Any]]:

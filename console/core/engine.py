@@ -154,6 +154,7 @@ class Engine:
         self._last_by_gate: dict[str, GateResult] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._weight: int | None = None
+        self._generations: dict[str, int] = {}  # every generation this engine wrote -> its canary weight
         self.exit_code: int | None = None
 
     # ------------------------------------------------------------------ plumbing
@@ -281,7 +282,12 @@ class Engine:
         while True:
             await self._begin_stage(idx)  # before the traffic moves: latency edges, the stage's MDE
             self._take_urgent()  # a rollback or interrupt queued meanwhile wins over raising the traffic
-            await self._set_weight(s.stages[idx], f"stage {idx + 1}/{len(s.stages)}")
+            try:
+                await self._set_weight(s.stages[idx], f"stage {idx + 1}/{len(s.stages)}")
+            except RouterError as e:
+                # fail safe: a stage nginx did not confirm may still be served; canary 0% first, then why
+                what = "was not confirmed" if e.reloaded else "failed"
+                raise _Rollback(f"router: the change to canary {s.stages[idx]}% {what}: {e}", automatic=True) from None
             self.emit(
                 ev.StageStarted, index=idx, weight=s.stages[idx], total=len(s.stages),
                 observation_period=s.observation_period, min_period=s.min_stage_time,
@@ -313,6 +319,9 @@ class Engine:
                 self.note(n.get("level", "info"), n.get("message", ""), **(n.get("data") or {}))
 
     async def _precheck(self) -> bool:
+        return await self._health_precheck() and await self._router_preflight()
+
+    async def _health_precheck(self) -> bool:
         if self.health is None or not self.s.canary_health_url:
             self.note("warning", "no canary health URL configured: pre-start health check skipped")
             return True
@@ -323,7 +332,34 @@ class Engine:
         self.note("info", f"canary healthy: {res.detail}")
         return True
 
-    async def _set_weight(self, weight: int, reason: str) -> None:
+    async def _router_preflight(self) -> bool:
+        """Before anything moves, prove the router sees what nginx serves: the current weights under
+        a fresh generation, confirmed (journaled as a change of generation, not of weight).  A
+        router that cannot see nginx could never confirm a stage: exit 4, nothing changed."""
+        if self.s.dry_run:
+            return True
+        weight = self._file_weight()
+        gen = f"{self.deployment_id}:preflight-{os.urandom(3).hex()}"
+        self._generations[gen] = weight or 0
+        self.emit(ev.RouterIntent, weight=weight or 0, previous_weight=weight, generation=gen,
+                  reason="preflight: prove nginx serves the upstream file on disk")
+        try:
+            took = await asyncio.shield(self.router.preflight(gen))
+        except RouterError as e:
+            held = self._file_weight()
+            self.emit(ev.RouterFailed, weight=weight or 0, generation=gen, error=str(e), file_weight=held,
+                      outcome="restored")
+            msg = str(e) if str(e).startswith("preflight") else f"preflight: {e}"
+            self.emit(ev.Failed, reason=f"{msg}; nothing was changed", index=self.start_index)
+            return False
+        self._weight = weight or 0
+        self.emit(ev.RouterApplied, weight=weight or 0, generation=gen, duration_ms=round(took * 1000, 2))
+        return True
+
+    async def _set_weight(self, weight: int, reason: str, accept_late: bool = False) -> None:
+        """Move the traffic and journal it: the intent, then applied or failed (with what the file
+        holds and whether nginx confirmed it).  RouterError when nginx did not confirm in time,
+        unless ``accept_late`` and a last probe sees the change after all (the rollback's 0%)."""
         previous = self._weight if self._weight is not None else self.router.current_weight()
         gen = f"{self.deployment_id}:{os.urandom(3).hex()}"
         self.emit(ev.RouterIntent, weight=weight, previous_weight=previous, generation=gen, reason=reason)
@@ -331,14 +367,49 @@ class Engine:
             self.emit(ev.RouterApplied, weight=weight, generation=gen, duration_ms=0.0)
             self._weight = weight
             return
+        self._generations[gen] = weight
         try:
             took = await asyncio.shield(self.router.apply(weight, gen))
         except RouterError as e:
             detail = f"{e}: {e.detail}".strip(": ") if e.detail else str(e)
-            self.emit(ev.RouterFailed, weight=weight, generation=gen, error=detail, restored_weight=e.restored_weight)
+            file_weight = self._file_weight()
+            outcome = "unconfirmed" if e.reloaded else "restored"
+            self.emit(ev.RouterFailed, weight=weight, generation=gen, error=detail, restored_weight=e.restored_weight,
+                      file_weight=file_weight, outcome=outcome)
+            # nginx may yet serve it: one more look, journaled if it does (a late confirmation)
+            if e.reloaded and await self._confirmed_late(gen) and accept_late:
+                return
             raise
         self._weight = weight
         self.emit(ev.RouterApplied, weight=weight, generation=gen, duration_ms=round(took * 1000, 2))
+
+    def _file_weight(self) -> int | None:
+        try:
+            return self.router.current_weight()
+        except Exception:  # an unreadable file is no reason to stop the fail-safe
+            return None
+
+    async def _served(self) -> tuple[str | None, str]:
+        """The generation nginx answers now (one probe) and a description of what that means."""
+        try:
+            gen, answer = await self.router.served_generation()
+        except Exception as e:  # the probe is a best effort on the way to a safe state
+            return None, f"the probe failed ({type(e).__name__}: {e})"
+        if gen is None:
+            return None, f"the verify endpoint answers {answer}"
+        w = self._generations.get(gen)
+        if w is None:
+            return gen, f"nginx serves generation {gen}, which this engine did not write"
+        return gen, f"nginx serves canary {w}% (generation {gen})"
+
+    async def _confirmed_late(self, gen: str) -> bool:
+        """After an unconfirmed change: if nginx answers its generation now, journal that."""
+        served, _ = await self._served()
+        if served != gen:
+            return False
+        self._weight = self._generations[gen]
+        self.emit(ev.RouterApplied, weight=self._weight, generation=gen, duration_ms=0.0, late=True)
+        return True
 
     # ------------------------------------------------------------------ observation
     async def _wait(self, seconds: float) -> None:
@@ -614,14 +685,19 @@ class Engine:
         last_error = ""
         for attempt in range(ROLLBACK_ATTEMPTS):
             try:
-                await self._set_weight(0, f"rollback: {reason}")
+                await self._set_weight(0, f"rollback: {reason}", accept_late=True)
                 break
             except RouterError as e:
                 last_error = str(e)
                 await self.clock.sleep(0.5 * (attempt + 1))
         else:
-            self.emit(ev.Failed, reason=f"rollback to 0% failed {ROLLBACK_ATTEMPTS} times: {last_error}; "
-                       "traffic may still reach the canary: run `canary-console weights 0`", index=idx, weight=from_weight)
+            _, served = await self._served()
+            held = self._file_weight()
+            file_says = "unreadable" if held is None else f"canary {held}%"
+            self.emit(ev.Failed, reason=f"rollback to 0% failed {ROLLBACK_ATTEMPTS} times: {last_error}; as far as anyone "
+                      f"can tell {served}, the upstream file holds {file_says} and nginx last confirmed canary "
+                      f"{from_weight}%; traffic may still reach the canary. Next: fix nginx (its error log, nginx -t), then "
+                      'run `canary-console rollback --reason "nginx did not confirm 0%"`', index=idx, weight=from_weight)
             return ExitCode.ROUTER
         self.emit(ev.RolledBack, reason=reason, automatic=automatic, index=idx, from_weight=from_weight,
                    snapshot=tuple(self._last_by_gate.values()))

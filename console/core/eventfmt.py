@@ -29,9 +29,11 @@ def format_event(e: ev.Event) -> str:
             prev = "?" if e.previous_weight is None else e.previous_weight
             body = f"router: set canary {prev}% -> {e.weight}% ({e.reason})"
         case ev.RouterApplied():
-            body = f"router: nginx serves canary {e.weight}% (verified in {e.duration_ms:.0f} ms)"
+            body = (f"router: nginx serves canary {e.weight}% (confirmed late, after the change was reported unconfirmed)"
+                    if e.late else f"router: nginx serves canary {e.weight}% (verified in {e.duration_ms:.0f} ms)")
         case ev.RouterFailed():
-            body = f"router: FAILED to set {e.weight}%: {e.error}"
+            held = "" if e.file_weight is None else f"; the upstream file holds canary {e.file_weight}%"
+            body = f"router: FAILED to set {e.weight}% ({e.outcome or 'failed'}{held}): {e.error}"
         case ev.StageStarted():
             body = f"stage {e.index + 1}/{e.total}: {e.weight}% canary, observing {e.observation_period:g}s"
         case ev.CheckCompleted():

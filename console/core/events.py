@@ -176,6 +176,7 @@ class RouterApplied(Event):
     weight: int = 0
     generation: str = ""
     duration_ms: float = 0.0
+    late: bool = False  # confirmed after the change had been reported unconfirmed (the probe saw it later)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -184,7 +185,12 @@ class RouterFailed(Event):
     weight: int = 0
     generation: str = ""
     error: str = ""
-    restored_weight: int | None = None
+    restored_weight: int | None = None  # the old file was put back (nginx serves what it served before)
+    # what the upstream file holds after the failure, and whether nginx confirmed it:
+    # "restored" (the old file is back), "unconfirmed" (the new file stays, nginx was reloaded
+    # and may serve it: nobody knows until a probe sees its generation)
+    file_weight: int | None = None
+    outcome: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,10 +15,21 @@ from console.core.protocols import CheckContext, CounterSnapshot, HealthResult, 
 
 
 class FakeRouter:
-    def __init__(self, weight: int | None = 0, fail_on: Sequence[int] = ()) -> None:
+    """Records the weights it applies.  ``fail_on``: weights whose ``nginx -t`` fails (the old
+    file stays); ``unconfirmed_on``: weights nginx is reloaded with but never confirms (the new
+    file stays); ``late_on``: weights confirmed only after the deadline (the next probe sees
+    them); ``preflight_error``: what the preflight raises, if anything."""
+
+    def __init__(self, weight: int | None = 0, fail_on: Sequence[int] = (), unconfirmed_on: Sequence[int] = (),
+                 late_on: Sequence[int] = (), preflight_error: RouterError | None = None) -> None:
         self.weight = weight
         self.applied: list[int] = []
         self.fail_on = set(fail_on)
+        self.unconfirmed_on = set(unconfirmed_on)
+        self.late_on = set(late_on)
+        self.preflight_error = preflight_error
+        self.preflights = 0
+        self.served: str | None = None  # the generation "nginx" answers
 
     def current_weight(self) -> int | None:
         return self.weight
@@ -26,9 +37,27 @@ class FakeRouter:
     async def apply(self, weight: int, generation: str) -> float:
         if weight in self.fail_on:
             raise RouterError("nginx -t failed", detail="nginx: [emerg] host not found", restored_weight=self.weight)
+        if weight in self.unconfirmed_on or weight in self.late_on:
+            self.weight = weight  # the new file stays; nginx was reloaded
+            if weight in self.late_on:
+                self.served = generation
+            err = RouterError(f"nginx did not serve generation {generation} within 10s")
+            err.reloaded = True
+            raise err
         self.weight = weight
         self.applied.append(weight)
+        self.served = generation
         return 0.001
+
+    async def preflight(self, generation: str | None = None) -> float:
+        self.preflights += 1
+        if self.preflight_error is not None:
+            raise self.preflight_error
+        self.served = generation
+        return 0.001
+
+    async def served_generation(self, timeout: float = 2.0) -> tuple[str | None, str]:
+        return (self.served, "") if self.served else (None, "connection refused")
 
 
 class FakeHealth:

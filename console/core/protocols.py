@@ -46,7 +46,16 @@ class TrafficRouter(Protocol):
 
     async def apply(self, weight: int, generation: str) -> float:
         """Write, test, reload, and return once the proxy verifiably serves ``weight``.
-        Returns the seconds it took.  Raises RouterError and leaves the old file in place."""
+        Returns the seconds it took.  Raises RouterError: with ``reloaded`` the new file stays
+        and nginx may serve it (not confirmed in time); otherwise the old file is back."""
+
+    async def preflight(self, generation: str | None = None) -> float:
+        """Prove the router sees what the proxy serves: rewrite the current weights under
+        ``generation``, reload, confirm.  Traffic does not move.  Raises RouterError with the
+        file as it was (one line: what came back and the fix)."""
+
+    async def served_generation(self, timeout: float = 2.0) -> tuple[str | None, str]:
+        """The generation the proxy answers now, or (None, what came back instead)."""
 
 
 @dataclass(frozen=True)

@@ -204,6 +204,46 @@ def last_applied_weight(records: Iterable[dict[str, Any]]) -> int | None:
     return w
 
 
+APPLIED, UNCONFIRMED, RESTORED, NO_CHANGE = "applied", "unconfirmed", "failed and restored", "none"
+
+
+@dataclass(frozen=True)
+class RouterTruth:
+    """Where the journal says the traffic is: what nginx last confirmed, and whether a later
+    change is still unconfirmed (the file may hold it, nginx may serve it)."""
+
+    confirmed_weight: int | None  # what nginx last verifiably served (None: nothing journaled)
+    state: str  # APPLIED | UNCONFIRMED | RESTORED | NO_CHANGE: the outcome of the latest change
+    pending_weight: int | None = None  # UNCONFIRMED: the weight of the change nobody has confirmed
+    detail: str = ""  # UNCONFIRMED: why (the error, or "no outcome journaled": the engine died mid-change)
+
+    def agrees_with(self, file_weight: int | None) -> bool:
+        """The upstream file holds exactly what nginx last confirmed, and nothing is pending."""
+        return self.state != UNCONFIRMED and file_weight is not None and file_weight == self.confirmed_weight
+
+
+def router_truth(records: Iterable[dict[str, Any]]) -> RouterTruth:
+    """Fold every router record of a journal (any deployment, dry runs aside)."""
+    confirmed: int | None = None
+    state, pending, detail = NO_CHANGE, None, ""
+    for rec in records:
+        if rec.get("dry_run"):
+            continue
+        kind = rec.get("event")
+        if kind == "router_intent":
+            state, pending, detail = UNCONFIRMED, rec.get("weight"), "no outcome journaled (the engine stopped mid-change)"
+        elif kind == "router_applied":
+            confirmed, state, pending, detail = rec.get("weight"), APPLIED, None, ""
+        elif kind == "router_failed":
+            if rec.get("outcome") == "unconfirmed" or (rec.get("restored_weight") is None and rec.get("outcome") != "restored"):
+                state, pending, detail = UNCONFIRMED, rec.get("file_weight", rec.get("weight")), str(rec.get("error", ""))
+            else:
+                state, pending, detail = RESTORED, None, ""
+                if rec.get("restored_weight") is not None:
+                    confirmed = rec.get("restored_weight")
+    return RouterTruth(confirmed, state, pending, detail)
+
+
 def unfinished(records: Iterable[dict[str, Any]], version: str | None = None) -> DeploymentState | None:
     """The latest deployment (of ``version``) that neither rolled back, failed nor was promoted
     and did not simply reach 100%... a deployment at 100% is finished for ``deploy`` purposes."""

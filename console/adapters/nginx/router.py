@@ -209,7 +209,7 @@ class NginxRouter:
         timings["total"] = time.perf_counter() - t0
         return timings["total"]
 
-    async def preflight(self) -> float:
+    async def preflight(self, generation: str | None = None) -> float:
         """Prove that the router sees what nginx serves; the seconds it took.
 
         Rewrites the current weights under a fresh generation, ``nginx -t``, reload, and
@@ -217,7 +217,10 @@ class NginxRouter:
         failure raises ``PreflightFailed`` (one line: verify_url, what came back, the fix)
         with the upstream file byte for byte as it was: put back and reloaded if nginx had
         been reloaded with the rewrite, put back without a reload if ``nginx -t`` refused it.
-        Refuses, changing nothing, when verification is off or there is no managed file yet.
+        With no upstream file yet, writes the first one at canary 0% (what nginx serves without
+        it is no canary at all) and removes it again on failure.  Refuses, changing nothing,
+        when verification is off or the file is not one canary-console can read.
+        ``generation``: the one to write (the engine journals it); a fresh one by default.
         """
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
@@ -232,7 +235,7 @@ class NginxRouter:
             old = self._read()
             text = old.decode(errors="replace") if old is not None else ""
             # the server lines, not the header: rewriting a file written for other addresses would move traffic
-            weight = weight_of(text, self.upstream_name, self.production, self.canary) if old is not None else None
+            weight = weight_of(text, self.upstream_name, self.production, self.canary) if old is not None else 0
             if weight is None:
                 if old is None:
                     what = "does not exist yet"
@@ -245,7 +248,8 @@ class NginxRouter:
                     "fix: write it with `canary-console weights 0` (nginx.conf must include it), then run the preflight again",
                     restored_weight=self._weight_in(old),
                 )
-            generation = f"preflight-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.urandom(3).hex()}"
+            generation = generation or f"preflight-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.urandom(3).hex()}"
+            check_generation(generation)
             await self._swap(self.render(weight, generation).encode(), old, f"the preflight at {weight}%",
                              PreflightFailed, t0, timings)
             try:
@@ -264,6 +268,23 @@ class NginxRouter:
                 raise
         timings["total"] = time.perf_counter() - t0
         return timings["total"]
+
+    async def served_generation(self, timeout: float = 2.0) -> tuple[str | None, str]:
+        """What nginx answers on ``verify_url`` now: (the generation, "") or (None, what came back
+        instead: connection refused, HTTP 404, a timeout...).  One request, no retries."""
+        if not self.verify_url:
+            return None, "verification is off ([nginx] verify_url is empty)"
+        host, port, path, host_header = parse_http_url(self.verify_url)
+        try:
+            status, body = await http_get(host, port, path, host_header, timeout)
+        except (OSError, TimeoutError, ValueError) as e:
+            return None, "connection refused" if isinstance(e, ConnectionRefusedError) else f"{type(e).__name__}: {e}"
+        text = body.strip()
+        if status != 200:
+            return None, f"HTTP {status}"
+        if not text or len(text) > 128 or any(c.isspace() for c in text):
+            return None, f"another body: {text[:60]!r}"
+        return text, ""
 
     def _fix(self, answer: str) -> str:
         """What the operator changes so the probe sees nginx: one line, nginx syntax."""
