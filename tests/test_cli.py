@@ -246,3 +246,15 @@ async def test_history_and_replay_of_a_journal_recorded_by_real_headless_deploys
         await ui_wait_for(pilot, lambda: "ROLLED BACK" in screen_text(app), what="outcome on screen")
         assert "READ-ONLY replay" in screen_text(app)
         await pilot.press("q")
+
+
+def test_the_resume_attach_offers_is_exactly_deploy_resume(monkeypatch):
+    from console.commands import deploy
+    from console.commands.cli import build_parser
+
+    seen = []
+    monkeypatch.setattr(deploy, "run", lambda args, cfg: seen.append(vars(args)) or 0)
+    assert deploy.resume(object(), "v0.2.0") == 0
+    parsed = vars(build_parser().parse_args(["deploy", "--version", "v0.2.0", "--resume"]))
+    parsed = {k: v for k, v in parsed.items() if k not in ("command", "config")}
+    assert seen == [parsed]

@@ -104,10 +104,8 @@ def _offer(cfg: Any, dep: DeploymentState, records: list[dict[str, Any]]) -> int
     answer = answer.strip().lower()
     if answer in ("r", "resume"):
         from console.commands import deploy
-        from console.commands.cli import build_parser
 
-        args = build_parser().parse_args(["deploy", "--version", dep.version, "--resume"])
-        return deploy.run(args, cfg)
+        return deploy.resume(cfg, dep.version)
     if answer in ("b", "rollback", "roll back"):
         from console.core.protocols import RouterError
 

@@ -53,6 +53,14 @@ def run(args: argparse.Namespace, cfg: Any) -> int:
         lk.release()  # a no-op once the lock went to the engine process
 
 
+def resume(cfg: Any, version: str) -> int:
+    """`deploy --version V --resume`, as `attach` offers it when the engine died."""
+    args = argparse.Namespace(version=version, resume=True, observation_period=None, check_interval=None, start_stage=None,
+                              dry_run=False, headless=False, json=False, foreground=False, yes=False, skip_checks=False,
+                              env_file=None)
+    return run(args, cfg)
+
+
 def _engine_answers(cfg: Any) -> bool:
     """A detached engine already drives this journal: say so, with the attach command."""
     from console.core.lock import describe_holder, is_held, read_holder

@@ -37,7 +37,7 @@ class DeploymentState:
     stages: tuple[int, ...] = ()
     index: int = -1  # current stage index; -1 before the first
     weight: int | None = None  # last weight nginx verifiably served (journal: router_applied)
-    pending_weight: int | None = None  # intent written, outcome not yet
+    pending_weight: int | None = None  # intent written, outcome not yet (or unconfirmed: the file holds it)
     observation_period: float = 0.0
     check_interval: float = 0.0
     elapsed: float = 0.0
@@ -103,7 +103,9 @@ def apply(s: DeploymentState, e: ev.Event) -> DeploymentState:
     if isinstance(e, ev.RouterApplied):
         return replace(s, weight=e.weight, pending_weight=None)
     if isinstance(e, ev.RouterFailed):
-        return replace(s, pending_weight=None, weight=e.restored_weight if e.restored_weight is not None else s.weight)
+        # unconfirmed: the file holds the new weight and nginx may serve it, so it stays pending
+        pending = e.file_weight if e.outcome == "unconfirmed" and e.file_weight != s.weight else None
+        return replace(s, pending_weight=pending, weight=e.restored_weight if e.restored_weight is not None else s.weight)
     if isinstance(e, ev.StageStarted):
         return replace(
             s,
