@@ -10,9 +10,19 @@ temporary directory, writes a canary.toml for it, sets 25% canary, then measures
               `engine.submit(Intent("rollback", ...))` until the RouterApplied(0%) event.
 
 Between runs 25% is restored with the router directly (not timed).  Targets: (a) median
-<= 250 ms, (c) median <= 3x (b).  Everything started here is stopped on every exit path.
+<= 250 ms, (c) median <= 3x (b).
 
-    .venv/bin/python bench/rollback.py [--runs 20] [--json]
+In the same run, the same three against nginx in Docker, the guide's way
+(docs/nginx-docker.md): a dockerd of its own (tests/fixtures/dockerd.py), the Debian nginx
+imported as an image and run as ``fragrance-ai-nginx-<random>`` with ``--network host``, conf.d
+bind-mounted, changed through ``docker exec <name> nginx -t`` / ``nginx -s reload`` and
+confirmed through ``[nginx] verify_listen``.  Without dockerd (or root, or the docker CLI) one
+line says the Docker path was skipped and why; ``--no-docker`` skips it on purpose.
+
+Everything started here is stopped on every exit path: nginx, backends, the container,
+dockerd, the temp dirs.
+
+    .venv/bin/python bench/rollback.py [--runs 20] [--json] [--no-docker]
 """
 
 from __future__ import annotations
@@ -35,10 +45,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from console.adapters.nginx.router import render_upstream, run_command, verify_generation, write_atomic  # noqa: E402
+from console.adapters.nginx.router import (  # noqa: E402
+    NginxRouter,
+    render_upstream,
+    run_command,
+    verify_generation,
+    write_atomic,
+)
 from console.sandbox.nginx_local import LocalNginx  # noqa: E402
 from tests.fixtures.backends import Backends, start_backends  # noqa: E402
-from tests.fixtures.nginx import UPSTREAM_NAME, NginxEnv, write_canary_toml  # noqa: E402
+from tests.fixtures.nginx import UPSTREAM_NAME, NginxEnv, get_text, write_canary_toml  # noqa: E402
 from tests.fixtures.real import free_port  # noqa: E402
 
 TARGET_CLI_MS = 250.0
@@ -63,12 +79,13 @@ def _stats(samples: list[float]) -> dict[str, float]:
 
 
 class Bench:
-    def __init__(self, env: NginxEnv, toml: Path, runs: int) -> None:
+    def __init__(self, env: NginxEnv, toml: Path, runs: int, router: NginxRouter | None = None) -> None:
         self.env = env
         self.toml = toml
         self.runs = runs
-        self.router = env.router(verify_timeout=10.0)
+        self.router = router or env.router(verify_timeout=10.0)
         self.n = 0
+        self.steps: dict[str, list[float]] = {"test": [], "reload": [], "verify": []}  # of (b), per step
 
     def gen(self, tag: str) -> str:
         self.n += 1
@@ -79,7 +96,7 @@ class Bench:
 
     def check_zero(self, what: str) -> None:
         """Outside the timing: the file says 0% and nginx serves exactly that file."""
-        served = self.env.served_generation()
+        served = get_text(self.router.verify_url)[1]
         if self.router.current_weight() != 0 or served != self.router.current_generation():
             weight = self.router.current_weight()
             raise SystemExit(f"bench/rollback.py: after {what} nginx serves {served!r}, file weight {weight}")
@@ -104,18 +121,22 @@ class Bench:
         return out
 
     async def bare(self) -> list[float]:
-        e = self.env
+        r = self.router
         out = []
         for _ in range(self.runs):
             await self.at_25()
             gen = self.gen("bare")
             t0 = time.perf_counter()
-            write_atomic(e.upstream_file, render_upstream(UPSTREAM_NAME, e.production, e.canary, 0, gen).encode())
-            for argv in (e.nginx.test_command, e.nginx.reload_command):
+            write_atomic(r.upstream_file, r.render(0, gen).encode())  # with the verify_listen server, if any
+            for step, argv in (("test", r.test_command), ("reload", r.reload_command)):
+                t1 = time.perf_counter()
                 rc, text = await run_command(argv, 15.0)
+                self.steps[step].append(time.perf_counter() - t1)
                 if rc != 0:
                     raise SystemExit(f"bench/rollback.py: {' '.join(argv)} failed: {text}")
-            await verify_generation(e.verify_url, gen, 10.0)
+            t1 = time.perf_counter()
+            await verify_generation(r.verify_url, gen, 10.0)
+            self.steps["verify"].append(time.perf_counter() - t1)
             out.append(time.perf_counter() - t0)
             self.check_zero("the bare write/test/reload")
         return out
@@ -165,14 +186,20 @@ async def _until(q: asyncio.Queue[Any], pred: Any, task: asyncio.Future[Any], ti
             return e
 
 
-async def measure(env: NginxEnv, toml: Path, runs: int) -> dict[str, Any]:
-    b = Bench(env, toml, runs)
+async def measure_variants(b: Bench) -> dict[str, Any]:
     results: dict[str, Any] = {"cli": _stats(await b.cli())}
     if b.cli_apply:
         results["cli_apply"] = _stats(b.cli_apply)
     results["bare"] = _stats(await b.bare())
+    for step, samples in b.steps.items():
+        results[f"bare_{step}"] = _stats(samples)
     results["engine"] = _stats(await b.engine())
     results["engine_over_bare"] = round(results["engine"]["median_ms"] / results["bare"]["median_ms"], 2)
+    return results
+
+
+async def measure(env: NginxEnv, toml: Path, runs: int) -> dict[str, Any]:
+    results = await measure_variants(Bench(env, toml, runs))
     results["targets"] = {
         "cli_median_ms<=250": results["cli"]["median_ms"] <= TARGET_CLI_MS,
         "engine/bare<=3": results["engine_over_bare"] <= TARGET_ENGINE_RATIO,
@@ -186,10 +213,78 @@ async def measure(env: NginxEnv, toml: Path, runs: int) -> dict[str, Any]:
     return results
 
 
+# --------------------------------------------------------------------------- nginx in Docker
+
+
+def docker_missing() -> str:
+    """Why the Docker path cannot run here, in a few words ("" = it can)."""
+    from tests.fixtures.nginx_docker import MIME_TYPES, NGINX_BIN
+
+    for name in ("dockerd", "containerd", "runc", "docker", "ldd"):
+        if not (shutil.which(name) or any(os.path.exists(f"{d}/{name}") for d in ("/usr/sbin", "/usr/bin", "/sbin"))):
+            return f"`{name}` is not installed"
+    if os.geteuid() != 0:
+        return "dockerd needs root"
+    if not (os.path.isfile(NGINX_BIN) and os.path.isfile(MIME_TYPES)):
+        return f"{NGINX_BIN} or {MIME_TYPES} is missing (apt-get install nginx-light)"
+    return ""
+
+
+def _binary(name: str) -> str:
+    return shutil.which(name) or next(p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}", f"/sbin/{name}")
+                                      if os.path.exists(p))
+
+
+def measure_docker(backends: Backends, runs: int) -> dict[str, Any]:
+    """The same variants against nginx in a container; {"skipped": why} when it cannot run."""
+    why = docker_missing()
+    if why:
+        return {"skipped": why}
+    from tests.fixtures.dockerd import DockerdStartError, start_dockerd
+    from tests.fixtures.nginx_docker import cleanup_docker_nginx_env, start_docker_nginx_env, write_docker_canary_toml
+
+    try:
+        d = start_dockerd(_binary("dockerd"))
+    except DockerdStartError as e:
+        return {"skipped": f"dockerd did not start ({str(e).splitlines()[0]})"}
+    saved_host = os.environ.get("DOCKER_HOST")
+    env: NginxEnv | None = None
+    try:
+        os.environ["DOCKER_HOST"] = d.host  # for `docker exec` in run_command and in the CLI's subprocess
+        env = start_docker_nginx_env(d, backends)
+        toml = write_docker_canary_toml(env.dir / "canary.toml", env, metrics={"source": "scrape"})
+        from console.core.config import load_config
+
+        router = NginxRouter.from_config(load_config(toml, environ={}))  # verify_url: the verify_listen server
+        b = Bench(env, toml, runs, router)
+        results = asyncio.run(measure_variants(b))
+        exec_alone = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            rc, text = asyncio.run(run_command(["docker", "exec", env.nginx.name, "true"], 15.0))
+            exec_alone.append(time.perf_counter() - t0)
+            if rc != 0:
+                raise SystemExit(f"bench/rollback.py: docker exec true failed: {text}")
+        results["docker_exec_true"] = _stats(exec_alone)
+        results["setup"] = {"container": env.nginx.name, "network": "host", "nginx_workers": env.nginx.worker_processes,
+                            "test_command": router.test_command, "reload_command": router.reload_command,
+                            "verify_url": router.verify_url}
+        return results
+    finally:
+        if env is not None:
+            cleanup_docker_nginx_env(env)
+        if saved_host is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = saved_host
+        d.cleanup()
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="time a rollback to 0% against a real nginx")
+    ap = argparse.ArgumentParser(description="time a rollback to 0% against a real nginx, on loopback and in Docker")
     ap.add_argument("--runs", type=int, default=20, help="runs per variant (default 20)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ap.add_argument("--no-docker", action="store_true", help="skip the nginx-in-Docker path")
     args = ap.parse_args(argv)
     if args.runs < 1:
         ap.error(f"--runs {args.runs} is not valid; allowed: an integer >= 1")
@@ -212,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         env = NginxEnv(nginx, backends, upstream, UPSTREAM_NAME, tmp)
         toml = write_canary_toml(tmp / "canary.toml", env, metrics={"source": "scrape"})
         results = asyncio.run(measure(env, toml, args.runs))
+        nginx.stop()  # before the container takes the stage: one nginx at a time on this machine
+        results["docker"] = {"skipped": "--no-docker"} if args.no_docker else measure_docker(backends, args.runs)
     finally:
         if nginx is not None:
             nginx.stop()
@@ -223,22 +320,50 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print(f"rollback to 0% until nginx verifiably serves it; {args.runs} runs each, nginx with 2 workers")
-        labels = {
-            "cli": "(a) canary-console rollback (subprocess)",
-            "cli_apply": "    of which router.apply, as the CLI reports",
-            "bare": "(b) write + nginx -t + reload + verify",
-            "engine": "(c) in-process Engine rollback",
-        }
-        for key, label in labels.items():
-            if key not in results:
-                continue
-            r = results[key]
-            print(f"  {label:<46} median {r['median_ms']:7.1f} ms   p95 {r['p95_ms']:7.1f} ms")
-        print(f"  (c)/(b) = {results['engine_over_bare']:.2f}   targets: (a) median <= {TARGET_CLI_MS:.0f} ms: "
-              f"{'met' if results['targets']['cli_median_ms<=250'] else 'MISSED'}; (c) <= {TARGET_ENGINE_RATIO:g}x (b): "
-              f"{'met' if results['targets']['engine/bare<=3'] else 'MISSED'}")
+        print_table(results, args.runs)
     return 0
+
+
+def print_table(results: dict[str, Any], runs: int) -> None:
+    docker = results.get("docker", {})
+    skipped = docker.get("skipped")
+    print(f"rollback to 0% until nginx verifiably serves it; {runs} runs each, nginx with 2 workers")
+    head = f"  {'':<46} {'loopback nginx':<34}"
+    if not skipped:
+        head += f"   {'nginx in Docker (docker exec)':<34}"
+    print(head.rstrip())
+    labels = {
+        "cli": "(a) canary-console rollback (subprocess)",
+        "cli_apply": "    of which router.apply, as the CLI reports",
+        "bare": "(b) write + nginx -t + reload + verify",
+        "bare_test": "    of which the test command",
+        "bare_reload": "    of which the reload command",
+        "bare_verify": "    of which the verification",
+        "engine": "(c) in-process Engine rollback",
+        "docker_exec_true": "    `docker exec <name> true` alone",
+    }
+
+    def cell(r: dict[str, Any] | None) -> str:
+        if r is None:
+            return f"{'-':<34}"
+        return f"median {r['median_ms']:7.1f} ms  p95 {r['p95_ms']:7.1f} ms"
+
+    for key, label in labels.items():
+        if key not in results and (skipped or key not in docker):
+            continue
+        line = f"  {label:<46} {cell(results.get(key))}"
+        if not skipped:
+            line += f"   {cell(docker.get(key))}"
+        print(line.rstrip())
+    print(f"  (c)/(b) = {results['engine_over_bare']:.2f}   targets (loopback): (a) median <= {TARGET_CLI_MS:.0f} ms: "
+          f"{'met' if results['targets']['cli_median_ms<=250'] else 'MISSED'}; (c) <= {TARGET_ENGINE_RATIO:g}x (b): "
+          f"{'met' if results['targets']['engine/bare<=3'] else 'MISSED'}")
+    if skipped:
+        print(f"  nginx in Docker: skipped ({skipped})")
+    else:
+        s = docker["setup"]
+        print(f"  nginx in Docker: container {s['container']} (--network host), (c)/(b) = {docker['engine_over_bare']:.2f};")
+        print(f"    {' '.join(s['test_command'])} / {' '.join(s['reload_command'][-2:])}; verified at {s['verify_url']}")
 
 
 if __name__ == "__main__":

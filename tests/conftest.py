@@ -5,6 +5,7 @@ import signal
 pytest_plugins = [
     "tests.fixtures.dockerd",
     "tests.fixtures.nginx",
+    "tests.fixtures.nginx_docker",
     "tests.fixtures.demo_services",
     "tests.fixtures.prometheus",
 ]

@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--headless", action="store_true", help="no console: one line per event")
     a.add_argument("--json", action="store_true", help="with --headless: JSON lines")
 
+    it = sub.add_parser("init", help="adopt a hand-written nginx upstream file: the same split, managed from now on")
+    it.add_argument("--dry-run", "--print", dest="dry_run", action="store_true",
+                    help="show the file it would write and what nginx.conf still needs; change nothing")
+
     dm = sub.add_parser("demo", help="a local canary sandbox with real nginx, Prometheus and traffic")
     dm.add_argument("--rps", type=float, default=20.0, help="requests per second through nginx (default 20)")
     dm.add_argument("--observation-period", type=_seconds, default=30.0, metavar="S", help="seconds per stage (30)")
@@ -122,8 +126,9 @@ COMMANDS = {
     "watch": "console.commands.attach:run_watch",
     "attach": "console.commands.attach:run",
     "demo": "console.commands.demo:run",
+    "init": "console.commands.init:run",
 }
-NEEDS_UPSTREAM_DIR = ("deploy", "weights", "rollback", "promote", "check")
+NEEDS_UPSTREAM_DIR = ("deploy", "weights", "rollback", "promote", "check", "init")
 FAST_EXIT = ("weights", "rollback")  # no atexit work: skip the interpreter's teardown (tens of ms on a rollback)
 
 

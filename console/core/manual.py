@@ -22,10 +22,14 @@ from console.core.state import DeploymentState, deployments, unfinished
 
 
 async def router_change(journal: Journal, router: TrafficRouter, weight: int, reason: str, deployment_id: str,
-                        version: str, before: tuple[ev.Event, ...] = (), after: tuple[ev.Event, ...] = ()) -> float:
+                        version: str, before: tuple[ev.Event, ...] = (), after: tuple[ev.Event, ...] = (),
+                        unverified: str = "") -> float:
     """One journaled router change: ``before`` and the intent in one write, the outcome (and
     ``after``) in the next.  Returns the seconds nginx took to verifiably serve ``weight``;
-    raises RouterError (journaled as RouterFailed) when it did not."""
+    raises RouterError (journaled as RouterFailed) when it did not.
+
+    ``unverified``: the router cannot confirm this change (why, in a few words): it is journaled
+    as unconfirmed, never as applied, however the reload went."""
     gen = f"{deployment_id}:{os.urandom(3).hex()}"
     common = {"deployment_id": deployment_id, "version": version}
     journal.append(*before, ev.RouterIntent(weight=weight, previous_weight=router.current_weight(), generation=gen,
@@ -36,6 +40,10 @@ async def router_change(journal: Journal, router: TrafficRouter, weight: int, re
         journal.append(ev.RouterFailed(weight=weight, generation=gen, error=f"{e}: {e.detail}".rstrip(": "),
                                        restored_weight=e.restored_weight, **common))
         raise
+    if unverified:
+        journal.append(ev.RouterFailed(weight=weight, generation=gen, error=f"not verified: {unverified}",
+                                       file_weight=weight, outcome="unconfirmed", **common), *after)
+        return took
     journal.append(ev.RouterApplied(weight=weight, generation=gen, duration_ms=round(took * 1000, 2), **common), *after)
     return took
 
