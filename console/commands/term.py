@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from console.core import events as ev
-from console.core.eventfmt import format_event
 from console.core.exits import ExitCode
+
+if TYPE_CHECKING:  # the rollback path prints no event: it need not load them
+    from console.core import events as ev
 
 
 def err(msg: str) -> None:
@@ -50,6 +51,10 @@ def confirm(question: str, yes: bool) -> bool:
 
 def event_line(e: ev.Event, json_lines: bool = False) -> str:
     """The headless form of an event: one human line, or one JSON record."""
+    import json
+
+    from console.core.eventfmt import format_event
+
     return json.dumps(e.to_record()) if json_lines else format_event(e)
 
 

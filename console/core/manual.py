@@ -38,7 +38,8 @@ async def router_change(journal: Journal, router: TrafficRouter, weight: int, re
         took = await router.apply(weight, gen)
     except RouterError as e:
         journal.append(ev.RouterFailed(weight=weight, generation=gen, error=f"{e}: {e.detail}".rstrip(": "),
-                                       restored_weight=e.restored_weight, **common))
+                                       restored_weight=e.restored_weight, file_weight=_file_weight(router),
+                                       outcome="unconfirmed" if e.reloaded else "restored", **common))
         raise
     if unverified:
         journal.append(ev.RouterFailed(weight=weight, generation=gen, error=f"not verified: {unverified}",
@@ -46,6 +47,13 @@ async def router_change(journal: Journal, router: TrafficRouter, weight: int, re
         return took
     journal.append(ev.RouterApplied(weight=weight, generation=gen, duration_ms=round(took * 1000, 2), **common), *after)
     return took
+
+
+def _file_weight(router: TrafficRouter) -> int | None:
+    try:
+        return router.current_weight()
+    except Exception:  # an unreadable file: say nothing about it rather than fail again
+        return None
 
 
 @dataclass(frozen=True)

@@ -196,8 +196,13 @@ async def execute(
     try:
         took = await router.apply(100, gen)
     except RouterError as e:
+        try:
+            held = router.current_weight()
+        except Exception:  # an unreadable file: say nothing about it rather than fail again
+            held = None
         emit(ev.RouterFailed(weight=100, generation=gen, error=f"{e}: {e.detail}".rstrip(": "),
-                             restored_weight=e.restored_weight, **common))
+                             restored_weight=e.restored_weight, file_weight=held,
+                             outcome="unconfirmed" if e.reloaded else "restored", **common))
         return Outcome(ExitCode.ROUTER, f"the production routing could not be applied: {e}; not promoted", tagged)
     emit(ev.RouterApplied(weight=100, generation=gen, duration_ms=round(took * 1000, 2), **common))
 
