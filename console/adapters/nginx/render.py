@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-from console.core.config import LOOPBACK_LISTEN_ALLOWED, parse_loopback_listen
+from console.core.config import LOOPBACK_LISTEN_ALLOWED, parse_loopback_listen, routing_problem
 
 __all__ = [
     "GENERATION_LOCATION",
@@ -27,6 +27,8 @@ __all__ = [
     "check_address",
     "check_generation",
     "check_name",
+    "check_override",
+    "check_sticky_key",
     "check_verify_listen",
     "check_weight",
     "generation_of",
@@ -109,19 +111,33 @@ def listen_url(verify_listen: str) -> str:
 
 
 def render_upstream(
-    name: str, production: str, canary: str, weight: int, generation: str, verify_listen: str = ""
+    name: str, production: str, canary: str, weight: int, generation: str, verify_listen: str = "", *,
+    sticky_key: str = "", override_header: str = "", override_cookie: str = "",
 ) -> str:
     """The whole include file for ``weight`` % canary.  Pure: same input, same bytes.
 
     ``verify_listen`` ("host:port" on loopback): the file also defines a ``server`` there
     whose ``location = /__canary/generation`` echoes the same ``$canary_generation``, so
-    nginx.conf needs nothing but the ``include``."""
+    nginx.conf needs nothing but the ``include``.
+
+    ``sticky_key`` (an nginx variable, e.g. ``$cookie_session``): between the ends the
+    upstream hashes on it (``hash $key``: nginx picks ``crc32(key) % 100`` within the weights,
+    production listed first), so one key stays on one version within a stage, the share of
+    keys on the canary is the weight, and raising the weight only moves keys onto the canary
+    (a key on the canary at 5% is still there at 25%).  0% and 100% stay exact: only one
+    server is listed there.
+
+    ``override_header`` / ``override_cookie`` (names): a tester's ``always`` reaches the
+    canary and ``never`` production, at every weight, through ``$<name>_route``: nginx.conf
+    then proxies to ``http://$<name>_route`` (see docs/router.md); the header wins."""
     check_name(name)
     check_address("production", production)
     check_address("canary", canary)
     check_weight(weight)
     check_generation(generation)
     listen = check_verify_listen(verify_listen)
+    sticky = check_sticky_key(sticky_key)
+    header, cookie = check_override("override_header", override_header), check_override("override_cookie", override_cookie)
     lines = [
         HEADER,
         f"# canary-weight: {weight}",
@@ -131,6 +147,8 @@ def render_upstream(
         f"upstream {name} {{",
         f"    zone {name} 64k;",
     ]
+    if sticky and 0 < weight < 100:
+        lines.append(f"    hash {sticky};  # [routing] sticky_key: one key, one version (see below)")
     if weight < 100:
         lines.append(f"    server {production} weight={100 - weight};")
     if weight > 0:
@@ -138,6 +156,7 @@ def render_upstream(
     lines += [
         "}",
         "",
+        *_override_lines(name, production, canary, header, cookie),
         f"# Echoed by `location = {GENERATION_PATH}`: the router polls it to know this file is live.",
         "map $host $canary_generation {",
         f'    default "{generation}";',
@@ -162,6 +181,49 @@ def render_upstream(
             "",
         ]
     return "\n".join(lines)
+
+
+def _override_lines(name: str, production: str, canary: str, header: str, cookie: str) -> list[str]:
+    """Upstreams of one version each, and ``$<name>_route``: the tester's choice, else the split."""
+    if not header and not cookie:
+        return []
+    h = f"$http_{header.lower().replace('-', '_')}" if header else ""
+    c = f"$cookie_{cookie}" if cookie else ""
+    return [
+        "# [routing] override_header / override_cookie: always = canary, never = production, at any",
+        f"# weight; nginx.conf proxies to http://${name}_route for this to apply.",
+        f"upstream {name}__canary {{",
+        f"    server {canary};",
+        "}",
+        f"upstream {name}__production {{",
+        f"    server {production};",
+        "}",
+        f'map "{h}:{c}" ${name}_route {{',
+        f"    default {name};",
+        f'    "~^always:" {name}__canary;',
+        f'    "~^never:" {name}__production;',
+        f'    "~:always$" {name}__canary;',
+        f'    "~:never$" {name}__production;',
+        "}",
+        "",
+    ]
+
+
+def check_sticky_key(value: str) -> str:
+    """``[routing] sticky_key``: one nginx variable (``$cookie_session``, ``$remote_addr``), or ""."""
+    return _check_routing("sticky_key", value)
+
+
+def check_override(key: str, value: str) -> str:
+    """``[routing] override_header`` (a header name) / ``override_cookie`` (a cookie name), or ""."""
+    return _check_routing(key, value)
+
+
+def _check_routing(key: str, value: str) -> str:
+    problem = routing_problem(key, value)
+    if problem:
+        raise ValueError(f"[routing] {key} = {value!r} is not valid; allowed: {problem}")
+    return value
 
 
 _UPSTREAM_BLOCK = re.compile(r"^\s*upstream\s+(\S+)\s*\{(.*?)\}", re.M | re.S)
