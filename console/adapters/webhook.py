@@ -16,6 +16,11 @@ way it does:
 * The URL is a secret (a Slack webhook URL is a bearer token): it is held in a ``_Secret``
   whose ``repr`` is redacted, and no message, note, ``repr`` or exception ever contains it;
   errors are reported by class name and HTTP status only.
+* ``[notify] format`` picks the body: ``generic`` (the journal record plus ``text``, above),
+  ``slack`` (an incoming-webhook message: ``text`` plus Block Kit ``blocks``) or ``teams`` (the
+  Adaptive Card message that Teams incoming webhooks and Workflows accept).  Every format says
+  the same facts, each computed once in ``alert_facts``; docs/lifecycle.md shows the shapes and
+  the documentation they follow.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from console.core import events as ev
+from console.core.config import CHOICES
 
 NoteFn = Callable[[str, str, dict[str, Any]], object]
 
@@ -38,6 +44,18 @@ ALERT_EVENTS: tuple[type[ev.Event], ...] = (ev.StagePassed, ev.Holding, ev.Rolle
 QUEUE_SIZE = 100
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 8.0
+
+FORMATS: tuple[str, ...] = CHOICES[("notify", "format")]  # generic, slack, teams
+# Slack's Block Kit limits (docs.slack.dev/reference/block-kit/blocks/header-block, .../section-block)
+SLACK_HEADER_MAX = 150  # a header's plain_text
+SLACK_TEXT_MAX = 3000  # a section's text; also our bound for the message's fallback ``text``
+SLACK_FIELD_MAX = 2000  # each of a section's fields (at most 10 of them)
+# Teams: our own bounds, so that a whole message stays far below the 28 KB a Teams webhook takes
+TEAMS_TITLE_MAX = 150
+TEAMS_TEXT_MAX = 3000  # the reason
+TEAMS_FACT_MAX = 500  # each fact's value
+ADAPTIVE_CARD = "application/vnd.microsoft.card.adaptive"
+ADAPTIVE_CARD_VERSION = "1.2"  # the version of Microsoft's incoming-webhook sample; TextBlock and FactSet are 1.0
 
 
 class _Secret:
@@ -81,23 +99,37 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4g}"
 
 
+def _failing(e: ev.RolledBack) -> list[ev.GateResult]:
+    return [r for r in e.snapshot if r.verdict in (ev.FAIL, ev.ERROR)]
+
+
+def _reason(e: ev.Event) -> str:
+    """Why the event happened, as every format says it ("" when there is nothing to say)."""
+    if isinstance(e, ev.RolledBack):
+        return e.reason or "no reason given"
+    if isinstance(e, ev.Holding):
+        return e.reason or "waiting for the operator"
+    if isinstance(e, ev.Promoted):
+        return f"forced: {e.reason}" if e.forced else ""
+    return str(getattr(e, "reason", "") or "")
+
+
 def alert_text(e: ev.Event) -> str:
     """The Slack ``text`` line for one event."""
     who = f"{e.version} ({e.deployment_id})" if e.deployment_id else e.version
     dry = " [dry run]" if e.dry_run else ""
     if isinstance(e, ev.RolledBack):
-        failing = [r for r in e.snapshot if r.verdict in (ev.FAIL, ev.ERROR)]
-        shown = failing or list(e.snapshot)
+        shown = _failing(e) or list(e.snapshot)
         snap = "; ".join(f"{r.gate} {_fmt(r.value)} (threshold {_fmt(r.threshold)}, {r.verdict})" for r in shown[:6])
         how = "automatic" if e.automatic else "manual"
         text = (f":rotating_light: Alert: Canary validation failed{dry}. {who} rolled back from "
-                f"{_pct(e.from_weight)} to 0% ({how}): {e.reason or 'no reason given'}")
+                f"{_pct(e.from_weight)} to 0% ({how}): {_reason(e)}")
         return text + (f". Metrics: {snap}" if snap else "")
     if isinstance(e, ev.StagePassed):
         return f":white_check_mark: Canary {who}: stage {e.index + 1} at {_pct(e.weight)} passed{dry}" + (
             f" ({e.reason})" if e.reason else "")
     if isinstance(e, ev.Holding):
-        return f":pause_button: Canary {who} is holding at {_pct(e.weight)}{dry}: {e.reason or 'waiting for the operator'}"
+        return f":pause_button: Canary {who} is holding at {_pct(e.weight)}{dry}: {_reason(e)}"
     if isinstance(e, ev.Completed):
         return f":rocket: Canary {who} reached 100% of the traffic{dry}; promote after the extended monitoring period"
     if isinstance(e, ev.Promoted):
@@ -117,11 +149,141 @@ def payload(e: ev.Event) -> dict[str, Any]:
     return body
 
 
+# ---------------------------------------------------------------------- slack and teams
+_HEADLINE: dict[type[ev.Event], tuple[str, str]] = {  # event -> (Slack emoji, what happened)
+    ev.RolledBack: (":rotating_light:", "rolled back"),
+    ev.StagePassed: (":white_check_mark:", "passed a stage"),
+    ev.Holding: (":pause_button:", "is holding"),
+    ev.Completed: (":rocket:", "reached 100%"),
+    ev.Promoted: (":tada:", "promoted to production"),
+    ev.Failed: (":x:", "failed"),
+}
+
+
+@dataclass(frozen=True)
+class AlertFacts:
+    """What the Slack and Teams formats say about one alert; each fact is computed once."""
+
+    emoji: str  # a Slack emoji code (Teams shows none)
+    headline: str  # "Canary v0.2.0 rolled back"
+    reason: str  # "" when there is nothing to say
+    rows: tuple[tuple[str, str], ...]  # (label, value): deployment, version, stage, deciding gate ...
+    text: str  # alert_text(e): the generic body's ``text`` and Slack's fallback
+
+
+def deciding_gate(e: ev.Event) -> ev.GateResult | None:
+    """A rollback's deciding gate from its snapshot: the failing gate its reason opens with (the
+    engine's reason is ``describe(gate)``), or the erroring gate whose detail it quotes (metrics
+    unavailable); None for a manual rollback or one no gate decided."""
+    if not isinstance(e, ev.RolledBack):
+        return None
+    for r in _failing(e):
+        if e.reason == r.gate or e.reason.startswith((f"{r.gate} ", f"{r.gate}:")):
+            return r
+        if r.verdict == ev.ERROR and r.detail and r.detail in e.reason:
+            return r
+    return None
+
+
+def stage_label(e: ev.Event, total: int | None) -> str:
+    """"stage 2/4, 5%": the stage the event happened at (a rollback: the one it left)."""
+    if isinstance(e, ev.RolledBack):
+        pct = _pct(e.from_weight)
+    elif isinstance(e, ev.Completed | ev.Promoted):
+        pct = "100%"
+    else:
+        pct = _pct(getattr(e, "weight", None))
+    index = getattr(e, "index", None)
+    if index is None and total:  # promoted: at the last stage
+        index = total - 1
+    if index is None:
+        return pct
+    return f"stage {index + 1}/{total}, {pct}" if total else f"stage {index + 1}, {pct}"
+
+
+def alert_facts(e: ev.Event, total: int | None = None) -> AlertFacts:
+    """``total`` is the number of stages (from the deployment's events), when known."""
+    emoji, what = _HEADLINE.get(type(e), ("", e.kind))
+    dry = " [dry run]" if e.dry_run else ""
+    rows = [("Deployment", e.deployment_id or "-"), ("Version", e.version or "-"), ("Stage", stage_label(e, total))]
+    gate = deciding_gate(e)
+    if gate is not None:
+        rows += [("Deciding gate", f"{gate.gate} ({gate.verdict})"), ("Value", _fmt(gate.value)),
+                 ("Threshold", _fmt(gate.threshold))]
+    if isinstance(e, ev.Promoted):
+        rows.append(("Promoted by", e.operator.label() if e.operator else "?"))
+        if e.approvals:
+            rows.append(("Approved by", ", ".join(e.approvals)))
+    return AlertFacts(emoji=emoji, headline=f"Canary {e.version or '?'} {what}{dry}", reason=_reason(e),
+                      rows=tuple(rows), text=alert_text(e))
+
+
+def _clip(s: str, limit: int) -> str:
+    return s if len(s) <= limit else s[: limit - 1] + "\u2026"
+
+
+def mrkdwn(s: str, limit: int) -> str:
+    """``s`` as Slack mrkdwn text: &, < and > as HTML entities (Slack's formatting reference: they
+    are control characters), at most ``limit`` characters, never cutting an entity in half."""
+    esc = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if len(esc) <= limit:
+        return esc
+    cut = esc[: limit - 1]
+    amp = cut.rfind("&")
+    if amp != -1 and ";" not in cut[amp:]:
+        cut = cut[:amp]
+    return cut + "\u2026"
+
+
+def slack_payload(e: ev.Event, total: int | None = None) -> dict[str, Any]:
+    """A Slack incoming-webhook message: ``text`` (the notification fallback) and Block Kit
+    ``blocks``: a header, the reason, and the facts as section fields."""
+    f = alert_facts(e, total)
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": _clip(f"{f.emoji} {f.headline}".strip(), SLACK_HEADER_MAX),
+                                    "emoji": True}},
+    ]
+    if f.reason:
+        lead = "*Reason:* "
+        reason = lead + mrkdwn(f.reason, SLACK_TEXT_MAX - len(lead))
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": reason}})
+    fields = [{"type": "mrkdwn", "text": f"*{label}*\n" + mrkdwn(value, SLACK_FIELD_MAX - len(label) - 3)}
+              for label, value in f.rows[:10]]
+    blocks.append({"type": "section", "fields": fields})
+    return {"text": mrkdwn(f.text, SLACK_TEXT_MAX), "blocks": blocks}
+
+
+def teams_payload(e: ev.Event, total: int | None = None) -> dict[str, Any]:
+    """A Teams message with one Adaptive Card (what Teams incoming webhooks and Workflows' "when a
+    Teams webhook request is received" accept): the headline, the reason, the facts as a FactSet."""
+    f = alert_facts(e, total)
+    body: list[dict[str, Any]] = [
+        {"type": "TextBlock", "text": _clip(f.headline, TEAMS_TITLE_MAX), "weight": "Bolder", "size": "Medium", "wrap": True},
+    ]
+    if f.reason:
+        body.append({"type": "TextBlock", "text": _clip(f"Reason: {f.reason}", TEAMS_TEXT_MAX), "wrap": True})
+    facts = [{"title": label, "value": _clip(value, TEAMS_FACT_MAX)} for label, value in f.rows]
+    body.append({"type": "FactSet", "facts": facts})
+    card = {"$schema": "http://adaptivecards.io/schemas/adaptive-card.json", "type": "AdaptiveCard",
+            "version": ADAPTIVE_CARD_VERSION, "body": body}
+    return {"type": "message", "attachments": [{"contentType": ADAPTIVE_CARD, "contentUrl": None, "content": card}]}
+
+
+def render(e: ev.Event, fmt: str = "generic", total: int | None = None) -> dict[str, Any]:
+    """The body to POST for ``e`` in the configured ``[notify] format``."""
+    if fmt == "slack":
+        return slack_payload(e, total)
+    if fmt == "teams":
+        return teams_payload(e, total)
+    return payload(e)
+
+
 @dataclass
 class _Item:
     kind: str
     event: ev.Event  # frozen: the JSON body is built by the delivery task, off the caller's path
     queued: float
+    total: int | None = None  # the deployment's number of stages, when seen
 
 
 class WebhookNotifier:
@@ -136,8 +298,13 @@ class WebhookNotifier:
         queue_size: int = QUEUE_SIZE,
         backoff: float = BACKOFF_BASE,
         transport: Any = None,
+        body_format: str = "generic",
     ) -> None:
         check_url(url)
+        if body_format not in FORMATS:
+            raise ValueError(f"[notify] format = {body_format!r} is not valid; allowed: {' or '.join(FORMATS)}")
+        self.body_format = body_format
+        self._stages: int | None = None  # from DeploymentStarted / StageStarted, for "stage 2/4"
         self._url = _Secret(url)
         self.timeout = float(timeout)
         self.retries = max(0, int(retries))
@@ -164,10 +331,11 @@ class WebhookNotifier:
         n = cfg["notify"]
         if not n["webhook_url"]:
             return None
-        return cls(n["webhook_url"], n["timeout"], n["retries"], journal_note)
+        return cls(n["webhook_url"], n["timeout"], n["retries"], journal_note, body_format=n["format"])
 
     def __repr__(self) -> str:
-        return f"WebhookNotifier(url=<redacted>, timeout={self.timeout:g}, retries={self.retries})"
+        return (f"WebhookNotifier(url=<redacted>, timeout={self.timeout:g}, retries={self.retries}, "
+                f"format={self.body_format})")
 
     __str__ = __repr__
 
@@ -177,6 +345,10 @@ class WebhookNotifier:
 
     def submit(self, e: ev.Event) -> bool:
         """Queue an alert for ``e`` if it is one; never blocks, never raises.  True if queued."""
+        if isinstance(e, ev.DeploymentStarted) and e.stages:
+            self._stages = len(e.stages)
+        elif isinstance(e, ev.StageStarted) and e.total:
+            self._stages = e.total
         if not self.wants(e) or self._closing:
             return False
         if isinstance(e, ev.Holding):  # one alert per hold, not one per check
@@ -186,7 +358,7 @@ class WebhookNotifier:
             self._last_holding = key
         elif not isinstance(e, ev.Failed):
             self._last_holding = None
-        item = _Item(e.kind, e, time.monotonic())
+        item = _Item(e.kind, e, time.monotonic(), self._stages)
         dropped = None
         with self._mutex:
             if len(self._queue) >= self._queue_size:
@@ -264,7 +436,7 @@ class WebhookNotifier:
         last = ""
         attempts = 0
         try:
-            body = payload(item.event)
+            body = render(item.event, self.body_format, item.total)
         except Exception as e:  # an alert never breaks the engine
             self.failed += 1
             why = f"alert failed: {item.kind}: cannot build the payload ({type(e).__name__})"
