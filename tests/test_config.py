@@ -87,3 +87,24 @@ def test_example_config_documents_every_key_with_its_default(tmp_path):
     assert set(flat) == {(s, k) for s, keys in SCHEMA.items() for k in keys}
     for (s, k), v in flat.items():
         assert v == SCHEMA[s][k][1], (s, k)
+
+
+def test_example_config_documents_every_custom_gate_key():
+    """[[gates.custom]] has no default (none), so the example shows one commented out: uncommented,
+    it is valid TOML, a valid gate, and it uses every key a custom gate has."""
+    import tomllib
+    from pathlib import Path
+
+    from console.core.custom_gates import KEYS, parse_custom_gates
+
+    lines = (Path(__file__).parents[1] / "canary.toml.example").read_text().splitlines()
+    start = lines.index("# [[gates.custom]]")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("# "):
+            break
+        block.append(line[2:])
+    tables = tomllib.loads("\n".join(block))["gates"]["custom"]
+    assert len(tables) == 1 and set(tables[0]) == set(KEYS)
+    (gate,) = parse_custom_gates(tables, where="canary.toml.example", source="prometheus", min_requests=20)
+    assert gate.gate == "custom.p95" and gate.relative

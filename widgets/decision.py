@@ -40,7 +40,9 @@ def threshold_text(r: GateResult) -> str:
         return f"≥{th:.3g}" if isinstance(th, int | float) else ""
     if r.threshold is None:
         return ""
-    return "≤" + fmt_value(r.gate, r.threshold)
+    # the condition that passes: "<=" for the guide's gates; a custom gate says its own
+    sign = {"<": "<", "<=": "≤", ">": ">", ">=": "≥"}.get(str((r.extra or {}).get("compare", "<=")), "≤")
+    return sign + fmt_value(r.gate, r.threshold)
 
 
 def seq_text(r: GateResult) -> str:

@@ -226,12 +226,46 @@ async def check_scrape(cfg: Config) -> list[CheckRow]:
     return rows
 
 
+def contract_read(cfg: Config) -> bool:
+    """Whether anything reads the guide's metrics: the built-in gates or the sequential analysis."""
+    return bool(cfg["gates"]["builtin"] or cfg["analysis"]["enabled"])
+
+
+def _contract_rows(cfg: Config, rows: list[CheckRow]) -> list[CheckRow]:
+    """With ``[gates] builtin = false`` and ``[analysis] enabled = false`` a service without the
+    guide's metrics is fine: their rows are SKIP."""
+    if contract_read(cfg):
+        return rows
+    why = "[gates] builtin = false and [analysis] enabled = false: the guide's metrics are not read"
+    return [replace(r, result=SKIP, detail=why) if r.check.startswith("metrics ") else r for r in rows]
+
+
+CUSTOM_RESULT = {"pass": PASS, "no data": WARN, "invalid": FAIL, "unavailable": SKIP}
+
+
+async def check_custom_gates(cfg: Config) -> list[CheckRow]:
+    """One row per ``[[gates.custom]]``: Prometheus accepts its queries and they answer one number
+    (FAIL with Prometheus' own error otherwise); WARN while the canary has no data yet."""
+    if not cfg.custom_gates:
+        return []
+    from console.adapters.metrics import build_source
+    from console.wiring import build_custom_gates
+
+    gates = build_custom_gates(cfg, build_source(cfg), owns_source=True)
+    try:
+        probed = await gates.probe()
+    finally:
+        await gates.aclose()
+    return [CheckRow(f"custom gate {g.name}", CUSTOM_RESULT[status], detail) for g, status, detail in probed]
+
+
 async def check_metrics(cfg: Config) -> list[CheckRow]:
     source = cfg["metrics"]["source"]
     if source == "prometheus":
-        return await check_prometheus(cfg)
+        rows, custom = await asyncio.gather(check_prometheus(cfg), check_custom_gates(cfg))
+        return _contract_rows(cfg, rows) + custom
     if source == "scrape":
-        return await check_scrape(cfg)
+        return _contract_rows(cfg, await check_scrape(cfg))
     why = f"[metrics] source = {source!r}: stages are judged on health only"
     return [CheckRow("prometheus", SKIP, why), *_skipped_metrics(why)]
 

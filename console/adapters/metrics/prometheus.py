@@ -24,6 +24,7 @@ import ssl
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,6 +38,14 @@ USER_ENV = "CANARY_PROMETHEUS_USER"
 PASSWORD_ENV = "CANARY_PROMETHEUS_PASSWORD"
 
 Vector = list[tuple[dict[str, str], float]]
+REJECTED = ("HTTP 400", "HTTP 422")  # Prometheus refuses the query itself (bad_data, execution)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A query Prometheus refused: ``reason`` is "HTTP 400: <Prometheus' own error>"."""
+
+    reason: str
 
 
 def safe_url(url: str) -> str:
@@ -153,10 +162,13 @@ class PrometheusSource:
                 )
             return self._client
 
-    def _run_batch(self, what: str, queries: list[str], at: float, deadline: float) -> list[Vector]:
-        """Blocking: the queries in order, one evaluation time, one shared time budget."""
+    def _run_batch(self, what: str, queries: list[str], at: float, deadline: float, as_answered: bool = False) -> list[Any]:
+        """Blocking: the queries in order, one evaluation time, one shared time budget.  With
+        ``as_answered`` (queries an operator wrote: custom gates) each result is returned as
+        Prometheus sent it (``data.result``), and a query Prometheus refuses (HTTP 400 or 422)
+        is a ``Rejected`` with Prometheus' own error instead of a failure of the batch."""
         client = self._connect()
-        out: list[Vector] = []
+        out: list[Any] = []
         for q in queries:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -165,8 +177,12 @@ class PrometheusSource:
                 params = {"time": f"{at:.3f}", "timeout": f"{max(1, int(left * 1000))}ms"}
                 raw = client.custom_query(q, params=params, timeout=left)
             except Exception as e:  # every failure of the client becomes one line
-                raise self._fail(what, self._reason(e)) from None
-            out.append(self._vector(what, raw))
+                reason = self._reason(e)
+                if as_answered and reason.startswith(REJECTED):
+                    out.append(Rejected(reason))
+                    continue
+                raise self._fail(what, reason) from None
+            out.append(raw if as_answered else self._vector(what, raw))
         return out
 
     def _reason(self, e: Exception) -> str:
@@ -212,12 +228,12 @@ class PrometheusSource:
             out.append(({str(k): str(v) for k, v in labels.items()}, value))
         return out
 
-    async def _batch(self, what: str, queries: list[str]) -> list[Vector]:
+    async def _batch(self, what: str, queries: list[str], as_answered: bool = False) -> list[Any]:
         deadline = time.monotonic() + self.timeout
         at = time.time()
         try:
             return await asyncio.wait_for(
-                asyncio.to_thread(self._run_batch, what, queries, at, deadline), timeout=self.timeout + 0.5
+                asyncio.to_thread(self._run_batch, what, queries, at, deadline, as_answered), timeout=self.timeout + 0.5
             )
         except TimeoutError:
             raise self._fail(what, f"timed out after {self.timeout:g}s") from None
@@ -248,6 +264,13 @@ class PrometheusSource:
             vectors = await self._batch("counter query", [q.c_requests, q.c_errors, q.c_schema, q.c_buckets, q.c_rl_loss])
             self._snapshot = self._counter_snapshot(*vectors)
             return self._snapshot
+
+    async def answers(self, what: str, queries: list[str]) -> list[Any]:
+        """Queries an operator wrote (custom gates), at one instant, in one time budget, through the
+        same client, credentials and timeouts as ``stats``: each result as Prometheus sent it, or a
+        ``Rejected``.  Raises MetricsUnavailable (one line) when Prometheus does not answer."""
+        async with self._get_lock():
+            return await self._batch(what, queries, as_answered=True)
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
