@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENGINE_MODULES = ("console.core.engine, console.core.state, console.core.journal, console.core.config, console.wiring, "
                   "console.remote.links, console.commands.deploy")
 
-HEAVY = ("textual", "rich", "httpx", "docker", "prometheus_api_client", "plotext")
+HEAVY = ("textual", "rich", "httpx", "docker", "prometheus_api_client", "prometheus_client", "plotext")
 
 
 @pytest.mark.parametrize("modules", [ENGINE_MODULES, "console.commands.cli"])
