@@ -19,10 +19,16 @@ bind-mounted, changed through ``docker exec <name> nginx -t`` / ``nginx -s reloa
 confirmed through ``[nginx] verify_listen``.  Without dockerd (or root, or the docker CLI) one
 line says the Docker path was skipped and why; ``--no-docker`` skips it on purpose.
 
+And a fleet ([[nginx.hosts]], docs/router.md "Fleet"): three real nginx, each in its own network
+namespace (tests/fixtures/netns.py), rolled back from 25% to 0% by a FleetRouter until every
+host confirms, against one of those hosts alone (an NginxRouter), interleaved run by run in the
+same process; the ratio of the medians has a target of <= 1.5.  Without root or `ip` one line
+says it was skipped; ``--no-fleet`` skips it on purpose.
+
 Everything started here is stopped on every exit path: nginx, backends, the container,
 dockerd, the temp dirs.
 
-    .venv/bin/python bench/rollback.py [--runs 20] [--json] [--no-docker]
+    .venv/bin/python bench/rollback.py [--runs 20] [--json] [--no-docker] [--no-fleet]
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from tests.fixtures.real import free_port  # noqa: E402
 
 TARGET_CLI_MS = 250.0
 TARGET_ENGINE_RATIO = 3.0
+TARGET_FLEET_RATIO = 1.5
 
 
 def _cli() -> str:
@@ -280,11 +287,55 @@ def measure_docker(backends: Backends, runs: int) -> dict[str, Any]:
         d.cleanup()
 
 
+# --------------------------------------------------------------------------- a fleet of three
+
+
+def measure_fleet(runs: int, hosts: int = 3) -> dict[str, Any]:
+    """The confirmed rollback 25% -> 0% of ``hosts`` nginx (FleetRouter, each host in its own network
+    namespace) against one of them alone (NginxRouter), interleaved; {"skipped": why} when it cannot run."""
+    if os.geteuid() != 0:
+        return {"skipped": "network namespaces need root"}
+    for name in ("ip", "nginx"):
+        if not (shutil.which(name) or any(os.path.exists(f"{d}/{name}") for d in ("/usr/sbin", "/sbin"))):
+            return {"skipped": f"`{name}` is not installed"}
+    from tests.fixtures.netns import start_fleet
+
+    tmp = Path(tempfile.mkdtemp(prefix="canary-bench-fleet-"))
+    try:
+        with start_fleet(tmp, hosts) as fleet:
+            fleet_router = fleet.router(**{h.name: {"verify_timeout": 10.0} for h in fleet.hosts})
+            one = fleet_router.hosts[0][1]  # edge-1 alone: the same nginx, the same namespace
+            one_s: list[float] = []
+            all_s: list[float] = []
+
+            async def go() -> None:
+                for i in range(runs):
+                    for router, out, tag in ((one, one_s, "one"), (fleet_router, all_s, "all")):
+                        await fleet_router.apply(25, f"bench-fleet-reset-{tag}-{i}")
+                        t0 = time.perf_counter()
+                        await router.apply(0, f"bench-fleet-{tag}-{i}")
+                        out.append(time.perf_counter() - t0)
+                        if router.current_weight() != 0:
+                            raise SystemExit(f"bench/rollback.py: after the {tag} rollback a file is not at 0%")
+
+            asyncio.run(go())
+            one_stats, all_stats = _stats(one_s), _stats(all_s)
+            return {"one_host": one_stats, "fleet": all_stats, "hosts": hosts,
+                    "fleet_over_one": round(all_stats["median_ms"] / one_stats["median_ms"], 2),
+                    "target": {f"fleet/one<={TARGET_FLEET_RATIO:g}":
+                               all_stats["median_ms"] / one_stats["median_ms"] <= TARGET_FLEET_RATIO},
+                    "setup": {"nginx_workers": fleet.hosts[0].nginx.worker_processes,
+                              "addresses": [h.ip for h in fleet.hosts], "load_average_1m": round(os.getloadavg()[0], 2)}}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="time a rollback to 0% against a real nginx, on loopback and in Docker")
     ap.add_argument("--runs", type=int, default=20, help="runs per variant (default 20)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ap.add_argument("--no-docker", action="store_true", help="skip the nginx-in-Docker path")
+    ap.add_argument("--no-fleet", action="store_true", help="skip the fleet of three (network namespaces)")
     args = ap.parse_args(argv)
     if args.runs < 1:
         ap.error(f"--runs {args.runs} is not valid; allowed: an integer >= 1")
@@ -309,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         results = asyncio.run(measure(env, toml, args.runs))
         nginx.stop()  # before the container takes the stage: one nginx at a time on this machine
         results["docker"] = {"skipped": "--no-docker"} if args.no_docker else measure_docker(backends, args.runs)
+        results["fleet"] = {"skipped": "--no-fleet"} if args.no_fleet else measure_fleet(args.runs)
     finally:
         if nginx is not None:
             nginx.stop()
@@ -364,6 +416,15 @@ def print_table(results: dict[str, Any], runs: int) -> None:
         s = docker["setup"]
         print(f"  nginx in Docker: container {s['container']} (--network host), (c)/(b) = {docker['engine_over_bare']:.2f};")
         print(f"    {' '.join(s['test_command'])} / {' '.join(s['reload_command'][-2:])}; verified at {s['verify_url']}")
+    fleet = results.get("fleet", {})
+    if fleet.get("skipped"):
+        print(f"  fleet: skipped ({fleet['skipped']})")
+    elif fleet:
+        met = "met" if all(fleet["target"].values()) else "MISSED"
+        print("  fleet, confirmed rollback 25% -> 0% (each nginx in its own network namespace, interleaved):")
+        for key, label in (("one_host", "one host (NginxRouter)"), ("fleet", f"{fleet['hosts']} hosts (FleetRouter)")):
+            print(f"    {label:<28} median {fleet[key]['median_ms']:7.1f} ms  p95 {fleet[key]['p95_ms']:7.1f} ms")
+        print(f"    {fleet['hosts']} hosts / one host = {fleet['fleet_over_one']:.2f}   target <= {TARGET_FLEET_RATIO:g}x: {met}")
 
 
 if __name__ == "__main__":

@@ -659,8 +659,7 @@ async def test_preflight_rejected_by_nginx_t_restores_without_reload(nginx_env: 
 @pytest.mark.parametrize(
     ("content", "why"),
     [
-        (None, "does not exist yet"),
-        ("upstream fragrance_app {\n  server 10.0.0.9:8000;\n}\n", "has no upstream fragrance_app"),
+        ("upstream fragrance_app {\n  server 10.0.0.9:8000;\n}\n", "hand-written file"),
         (render_upstream("fragrance_app", "10.0.0.9:1", "10.0.0.9:2", 5, "g"), "routes addresses other than"),
     ],
 )
@@ -674,8 +673,19 @@ async def test_preflight_refuses_without_a_managed_file(tmp_path: Path, content:
     with pytest.raises(PreflightFailed, match=why) as err:
         await router.preflight()
 
-    assert "canary-console weights 0" in str(err.value)
-    assert (upstream.read_text() if upstream.exists() else None) == content
+    assert ("canary-console init" if "hand-written" in why else "canary-console weights 0") in str(err.value)
+    assert upstream.read_text() == content
+
+
+async def test_preflight_without_a_file_writes_the_first_at_0_and_removes_it_when_nginx_refuses(tmp_path: Path) -> None:
+    upstream = tmp_path / "upstream.conf"
+    router = NginxRouter(upstream, "fragrance_app", "a:1", "b:2", _fail_command("nginx: [emerg] refused"),
+                         _fail_command("must not run"), "http://127.0.0.1:9/__canary/generation")
+
+    with pytest.raises(PreflightFailed, match="refused"):
+        await router.preflight()
+
+    assert not upstream.exists() and list(tmp_path.iterdir()) == []  # as it was: no file, no temp file
 
 
 async def test_preflight_refuses_when_verification_is_off(tmp_path: Path) -> None:

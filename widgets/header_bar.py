@@ -43,6 +43,8 @@ class HeaderInfo:
     dry_run: bool = False
     weight: str = ""  # "canary 5% / prod 95%"
     link: str = ""  # a detached engine's link: "engine pid 4242 3ms" / "ENGINE LOST: ..."
+    hosts: str = ""  # a fleet: "hosts 3/3 confirmed", or "hosts 2/3 confirmed (edge-3: unconfirmed)"
+    hosts_ok: bool = True  # False: some host did not confirm (shown as a warning, with its name)
 
 
 def fmt_countdown(seconds: float | None) -> str:
@@ -83,12 +85,13 @@ class HeaderBar(Widget):
             (2, f" {i.stage}" if i.stage != "-" else "", None),
             (3, f"  {i.countdown}" if i.countdown else "", None),
             (4, f"  {i.weight}" if i.weight else "", None),
-            (5, f"  {i.version}" + (" (dry run)" if i.dry_run else ""), None),
-            (6, ("  READ-ONLY " + i.role) if i.role != "driver" else "", self.get_component_rich_style("header--role")),
-            (7, f"  driver {i.driver}" if i.driver else "", self.get_component_rich_style("header--dim")),
-            (8, f"  {i.link}" if i.link and not i.link.startswith(("ENGINE LOST", "now watching")) else "",
+            (5, f"  {i.hosts}" if i.hosts else "", None if i.hosts_ok else self.get_component_rich_style("header--warn")),
+            (6, f"  {i.version}" + (" (dry run)" if i.dry_run else ""), None),
+            (7, ("  READ-ONLY " + i.role) if i.role != "driver" else "", self.get_component_rich_style("header--role")),
+            (8, f"  driver {i.driver}" if i.driver else "", self.get_component_rich_style("header--dim")),
+            (9, f"  {i.link}" if i.link and not i.link.startswith(("ENGINE LOST", "now watching")) else "",
              self.get_component_rich_style("header--dim")),
-            (9, f"  {i.deployment_id}" if i.deployment_id else "", self.get_component_rich_style("header--dim")),
+            (10, f"  {i.deployment_id}" if i.deployment_id else "", self.get_component_rich_style("header--dim")),
         ]
         width = self.size.width or 80
         keep = sorted(parts, key=lambda p: p[0])

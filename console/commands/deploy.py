@@ -103,11 +103,16 @@ def _deploy_locked(args: argparse.Namespace, cfg: Any, version: str, start_index
             if journaled is None:
                 journaled = 0
             on_disk = router.current_weight()
-            if on_disk != journaled and not args.dry_run:
+            drifted = _drifted_hosts(router, journaled)  # a fleet: the hosts whose file differs, named
+            if (on_disk != journaled or drifted) and not args.dry_run:
                 q = (f"upstream file says canary {on_disk}% but the journal says nginx last served {journaled}%: "
                      f"rewrite the file to {journaled}%?")
+                if drifted:
+                    q = (f"drifted: {drifted}, but the journal says nginx last served {journaled}%: rewrite every "
+                         f"host's file to {journaled}%?")
                 if not confirm(q, args.yes):
-                    err("not resumed: the upstream file and the journal disagree; nothing was changed")
+                    err("not resumed: the upstream file and the journal disagree"
+                        + (f" (drifted: {drifted})" if drifted else "") + "; nothing was changed")
                     return ExitCode.PRECONDITION
                 try:
                     asyncio.run(router_change(journal, router, journaled, "resume: reconcile with journal",
@@ -139,6 +144,19 @@ def _deploy_locked(args: argparse.Namespace, cfg: Any, version: str, start_index
         return _run_headless(engine, json_lines=args.json)
     finally:
         journal.close()
+
+
+def _drifted_hosts(router: Any, journaled: int) -> str:
+    """A fleet's hosts whose upstream file is not at the journal's weight: "edge-2 (canary 25%)"; "" when none
+    (or one nginx)."""
+    from console.adapters.nginx.fleet import FleetRouter
+    from console.core.state import APPLIED, RouterTruth, drifted_hosts
+
+    if not isinstance(router, FleetRouter):
+        return ""
+    states = router.host_states()
+    names = set(drifted_hosts({h.name: h.weight for h in states}, RouterTruth(journaled, APPLIED)))
+    return ", ".join(f"{h.name} ({'no file' if h.weight is None else f'canary {h.weight}%'})" for h in states if h.name in names)
 
 
 def _say_engine_lost(st: Any) -> None:

@@ -83,9 +83,11 @@ def run_status(args: argparse.Namespace, cfg: Any) -> int:
     from console.core.lock import describe_holder, is_held, read_holder
     from console.core.state import deployments
 
-    weight = build_router(cfg).current_weight()
+    router = build_router(cfg)
+    weight = router.current_weight()
     records = list(read_records(cfg.journal_path))
     truth = router_truth(records)
+    hosts = _fleet_hosts(router, truth)  # [] for one nginx
     deps = deployments(records)
     last = list(deps.values())[-1] if deps else None
     lp = lock_path_for(cfg.journal_path)
@@ -99,6 +101,7 @@ def run_status(args: argparse.Namespace, cfg: Any) -> int:
             "router": {"state": truth.state, "confirmed_weight": truth.confirmed_weight,
                        "pending_weight": truth.pending_weight, "detail": truth.detail},
             "upstream_file": str(cfg.upstream_file),
+            "hosts": hosts,  # a fleet ([[nginx.hosts]]): each host's file, and whether it drifted
             "deployment": None if last is None else {
                 "id": last.deployment_id, "version": last.version, "state": last.state, "stage": last.stage_label(),
                 "weight": last.weight, "reason": last.reason, "started": last.started, "ended": last.ended,
@@ -108,9 +111,12 @@ def run_status(args: argparse.Namespace, cfg: Any) -> int:
         }
         print(json.dumps(out, indent=2))
         return ExitCode.OK
-    w = "unknown (no managed upstream file)" if weight is None else f"canary {weight}% / production {100 - weight}%"
-    print(f"traffic:    {w}  ({cfg.upstream_file})")
-    line = _confirmation(truth, weight)
+    if hosts:
+        _print_hosts(hosts, weight)
+    else:
+        w = "unknown (no managed upstream file)" if weight is None else f"canary {weight}% / production {100 - weight}%"
+        print(f"traffic:    {w}  ({cfg.upstream_file})")
+    line = _confirmation(truth, weight) if weight is not None or not hosts else _fleet_disagrees(truth, hosts)
     if line:
         print(f"nginx:      {line}")
     if last is None:
@@ -123,6 +129,41 @@ def run_status(args: argparse.Namespace, cfg: Any) -> int:
     for name, h in health.items():
         print(f"{name + ':':11} {'healthy' if h['ok'] else 'UNHEALTHY'}: {h['detail']}")
     return ExitCode.OK
+
+
+def _fleet_hosts(router: Any, truth: RouterTruth) -> list[dict[str, Any]]:
+    """A fleet's hosts for status: name, canary_weight and generation (what its file holds) and
+    whether it drifted (``state.drifted_hosts``); [] for one nginx."""
+    from console.adapters.nginx.fleet import FleetRouter
+    from console.core.state import drifted_hosts
+
+    if not isinstance(router, FleetRouter):
+        return []
+    states = router.host_states()
+    drifted = set(drifted_hosts({h.name: h.weight for h in states}, truth))
+    files = {name: str(r.upstream_file) for name, r in router.hosts}
+    return [{"name": h.name, "canary_weight": h.weight, "generation": h.generation, "drifted": h.name in drifted,
+             "upstream_file": files[h.name]} for h in states]
+
+
+def _print_hosts(hosts: list[dict[str, Any]], weight: int | None) -> None:
+    drifted = [h["name"] for h in hosts if h["drifted"]]
+    if weight is not None:
+        w = f"canary {weight}% / production {100 - weight}% on all {len(hosts)} hosts"
+    else:
+        w = f"the {len(hosts)} hosts' upstream files disagree"
+    print(f"traffic:    {w}" + (f"; DRIFTED: {', '.join(drifted)}" if drifted else ""))
+    for h in hosts:
+        cw = "no managed upstream file" if h["canary_weight"] is None else f"canary {h['canary_weight']}%"
+        mark = "  DRIFTED: its file differs from the journal or the other hosts" if h["drifted"] else ""
+        print(f"  {h['name'] + ':':14} {cw}, generation {h['generation'] or '-'}{mark}")
+
+
+def _fleet_disagrees(truth: RouterTruth, hosts: list[dict[str, Any]]) -> str:
+    last = "nothing" if truth.confirmed_weight is None else f"canary {truth.confirmed_weight}%"
+    drifted = ", ".join(h["name"] for h in hosts if h["drifted"]) or "?"
+    return (f"the hosts' upstream files disagree (drifted: {drifted}); nginx last confirmed {last} (journal). "
+            "Set every host with canary-console weights N")
 
 
 def _confirmation(truth: RouterTruth, weight: int | None) -> str:

@@ -177,6 +177,8 @@ class RouterApplied(Event):
     generation: str = ""
     duration_ms: float = 0.0
     late: bool = False  # confirmed after the change had been reported unconfirmed (the probe saw it later)
+    # a fleet ([[nginx.hosts]]): each host's outcome, {name, weight, generation, outcome}; () = one nginx
+    hosts: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -191,6 +193,7 @@ class RouterFailed(Event):
     # and may serve it: nobody knows until a probe sees its generation)
     file_weight: int | None = None
     outcome: str = ""
+    hosts: tuple[dict[str, Any], ...] = ()  # a fleet: each host's outcome, as in RouterApplied
 
 
 @dataclass(frozen=True, kw_only=True)

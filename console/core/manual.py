@@ -39,14 +39,22 @@ async def router_change(journal: Journal, router: TrafficRouter, weight: int, re
     except RouterError as e:
         journal.append(ev.RouterFailed(weight=weight, generation=gen, error=f"{e}: {e.detail}".rstrip(": "),
                                        restored_weight=e.restored_weight, file_weight=_file_weight(router),
-                                       outcome="unconfirmed" if e.reloaded else "restored", **common))
+                                       outcome="unconfirmed" if e.reloaded else "restored", hosts=_hosts(router),
+                                       **common))
         raise
     if unverified:
         journal.append(ev.RouterFailed(weight=weight, generation=gen, error=f"not verified: {unverified}",
                                        file_weight=weight, outcome="unconfirmed", **common), *after)
         return took
-    journal.append(ev.RouterApplied(weight=weight, generation=gen, duration_ms=round(took * 1000, 2), **common), *after)
+    journal.append(ev.RouterApplied(weight=weight, generation=gen, duration_ms=round(took * 1000, 2), hosts=_hosts(router),
+                                    **common), *after)
     return took
+
+
+def _hosts(router: TrafficRouter) -> tuple[dict, ...]:
+    """A fleet's per-host outcomes of its last change (one nginx: none)."""
+    last = getattr(router, "last_hosts", None)  # optional: only a FleetRouter has hosts
+    return tuple(last()) if callable(last) else ()
 
 
 def _file_weight(router: TrafficRouter) -> int | None:

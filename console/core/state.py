@@ -58,6 +58,8 @@ class DeploymentState:
     engine_pid: int = 0
     engine_host: str = ""
     approvals: tuple[str, ...] = ()
+    # a fleet ([[nginx.hosts]]): each host's {name, weight, generation, outcome} of the latest change
+    hosts: tuple[dict[str, Any], ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -101,11 +103,12 @@ def apply(s: DeploymentState, e: ev.Event) -> DeploymentState:
             return replace(s, pending_weight=e.weight, state=ROLLING_BACK, reason=e.reason.removeprefix("rollback: "))
         return replace(s, pending_weight=e.weight)
     if isinstance(e, ev.RouterApplied):
-        return replace(s, weight=e.weight, pending_weight=None)
+        return replace(s, weight=e.weight, pending_weight=None, hosts=_hosts_applied(s.hosts, e))
     if isinstance(e, ev.RouterFailed):
         # unconfirmed: the file holds the new weight and nginx may serve it, so it stays pending
         pending = e.file_weight if e.outcome == "unconfirmed" and e.file_weight != s.weight else None
-        return replace(s, pending_weight=pending, weight=e.restored_weight if e.restored_weight is not None else s.weight)
+        return replace(s, pending_weight=pending, weight=e.restored_weight if e.restored_weight is not None else s.weight,
+                       hosts=tuple(e.hosts) or s.hosts)
     if isinstance(e, ev.StageStarted):
         return replace(
             s,
@@ -164,6 +167,40 @@ def apply(s: DeploymentState, e: ev.Event) -> DeploymentState:
     if isinstance(e, ev.Failed):
         return replace(s, state=FAILED, reason=e.reason, ended=e.ts)
     return s
+
+
+def _hosts_applied(hosts: tuple[dict[str, Any], ...], e: ev.RouterApplied) -> tuple[dict[str, Any], ...]:
+    """A fleet's change applied: every host confirmed it (a record without ``hosts``, such as the
+    preflight's, says so for the hosts already known)."""
+    if e.hosts:
+        return tuple(e.hosts)
+    return tuple({**h, "weight": e.weight, "generation": e.generation, "outcome": "confirmed"} for h in hosts)
+
+
+def hosts_confirmed(hosts: Iterable[dict[str, Any]]) -> tuple[int, int, list[str]]:
+    """(confirmed, total, "name: outcome" of every other host) of a fleet's latest change."""
+    hosts = list(hosts)
+    odd = [f"{h.get('name')}: {h.get('outcome') or 'unknown'}" for h in hosts if h.get("outcome") not in ("confirmed", "kept")]
+    return len(hosts) - len(odd), len(hosts), odd
+
+
+def drifted_hosts(weights: dict[str, int | None], truth: RouterTruth | None = None) -> list[str]:
+    """The hosts of a fleet whose upstream file drifted: it differs from what the journal says
+    nginx serves (the last confirmed weight, or a change still unconfirmed), or, with nothing
+    journaled, from the other hosts (the odd ones out; a tie makes every host odd).  A host
+    without a readable file always drifted."""
+    expected: set[int] = set()
+    if truth is not None and truth.confirmed_weight is not None:
+        expected.add(truth.confirmed_weight)
+    if truth is not None and truth.state == UNCONFIRMED and truth.pending_weight is not None:
+        expected.add(truth.pending_weight)
+    if not expected:
+        from collections import Counter
+
+        top = Counter(w for w in weights.values() if w is not None).most_common(2)
+        if top and (len(top) == 1 or top[0][1] > top[1][1]):
+            expected.add(top[0][0])
+    return [name for name, w in weights.items() if w is None or w not in expected]
 
 
 def fold(events: Iterable[ev.Event], initial: DeploymentState | None = None) -> DeploymentState:

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from console.sandbox.procs import die_with_parent, wait_group_gone
@@ -53,14 +54,17 @@ def render_local_conf(
     worker_processes: int = 2,
     listen_host: str = "127.0.0.1",
     user: str | None = None,
+    allow: Sequence[str] = (),
 ) -> str:
     """An nginx.conf shaped like nginx/nginx.canary.conf, with every path inside ``prefix_dir``.
 
     ``user`` is written only when given (root must name one so workers can read the prefix;
-    a non-root master cannot switch users and would only warn).
+    a non-root master cannot switch users and would only warn).  ``allow``: addresses besides
+    loopback that may read the generation location (a console outside nginx's network namespace).
     """
     p = Path(prefix_dir)
     user_line = f"user {user};\n" if user else ""
+    allow_lines = "".join(f"            allow {a};\n" for a in allow)
     return f"""# Rendered by console.sandbox.nginx_local for a sandbox nginx; not for production.
 {user_line}worker_processes {worker_processes};
 daemon off;
@@ -89,7 +93,7 @@ http {{
         location = {GENERATION_PATH} {{
             allow 127.0.0.1;
             allow ::1;
-            deny all;
+{allow_lines}            deny all;
             access_log off;
             default_type text/plain;
             return 200 "$canary_generation\\n";
@@ -123,9 +127,16 @@ class LocalNginx:
         listen_host: str = "127.0.0.1",
         conf_text: str | None = None,
         die_with_parent: bool = False,
+        wrapper: Sequence[str] = (),
+        allow: Sequence[str] = (),
     ) -> None:
         """``conf_text``: run this nginx.conf instead of ``render_local_conf``'s (it must listen
-        on ``listen_port``, keep its pid and logs in the prefix and say ``daemon off``)."""
+        on ``listen_port``, keep its pid and logs in the prefix and say ``daemon off``).
+        ``wrapper``: an argv prefix for every nginx command, the master's included, such as
+        ``["ip", "netns", "exec", "edge-1"]`` (it must exec nginx, so the master is its child's pid).
+        ``allow``: see ``render_local_conf``."""
+        self.wrapper = list(wrapper)
+        self.allow = tuple(allow)
         self.prefix_dir = Path(prefix_dir).resolve()
         self.listen_port = int(listen_port)
         self.listen_host = listen_host
@@ -148,7 +159,8 @@ class LocalNginx:
 
     def _base(self) -> list[str]:
         # -e: the error log before the conf is read (Debian builds default to stderr or /var/log)
-        return [self.nginx_bin, "-p", f"{self.prefix_dir}/", "-c", str(self.conf_path), "-e", str(self.error_log)]
+        return [*self.wrapper, self.nginx_bin, "-p", f"{self.prefix_dir}/", "-c", str(self.conf_path), "-e",
+                str(self.error_log)]
 
     @property
     def test_command(self) -> list[str]:
@@ -190,6 +202,7 @@ class LocalNginx:
                 self.worker_processes,
                 self.listen_host,
                 user,
+                self.allow,
             )
         )
         return self.conf_path

@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from console.adapters.nginx.files import DEFAULT_COMMAND_TIMEOUT, remove_durably, run_command, write_atomic
 from console.adapters.nginx.probe import (
@@ -37,6 +38,7 @@ from console.adapters.nginx.probe import (
 )
 from console.adapters.nginx.render import (
     GENERATION_LOCATION,
+    HEADER,
     check_address,
     check_generation,
     check_name,
@@ -58,6 +60,7 @@ __all__ = [
     "PreflightFailed",
     "RouterError",
     "RouterNotVerified",
+    "Staged",
     # re-exported for callers that import them from here (bench/rollback.py, commands/check.py)
     "generation_of",
     "http_get",
@@ -83,6 +86,18 @@ class PreflightFailed(RouterError):
         self.answer = answer
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A change written and passed by ``nginx -t``, not yet reloaded: what to put back."""
+
+    old: bytes | None  # the file before (None: there was none)
+    mode: int
+    owner: tuple[int, int] | None
+    what: str  # "25%", for messages
+    old_weight: int | None = None  # what ``old`` routes (None: no file, or not ours)
+    old_generation: str | None = None
+
+
 class NginxRouter:
     """``console.core.protocols.TrafficRouter`` for an nginx that includes ``upstream_file``.
 
@@ -105,6 +120,7 @@ class NginxRouter:
         verify_timeout: float = 10.0,
         *,
         verify_listen: str = "",
+        routing: dict[str, str] | None = None,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
         verify_hits: int = DEFAULT_VERIFY_HITS,
         verify_interval: float = DEFAULT_VERIFY_INTERVAL,
@@ -120,6 +136,9 @@ class NginxRouter:
                 raise ValueError(f"[nginx] {key} = {argv!r} is not valid; allowed: a non-empty argv list of strings")
         self.test_command = list(test_command)
         self.reload_command = list(reload_command)
+        # [routing]: sticky_key, override_header, override_cookie (render_upstream checks them)
+        self.routing = {k: v for k, v in (routing or {}).items() if v}
+        render_upstream(self.upstream_name, self.production, self.canary, 0, "check", **self.routing)
         if verify_url:
             parse_http_url(verify_url)
         self.verify_url = verify_url
@@ -138,17 +157,18 @@ class NginxRouter:
         self.last_timings: dict[str, float] = {}
 
     @classmethod
-    def from_config(cls, cfg: Config) -> NginxRouter:
-        """The router ``[nginx]`` describes.  With ``verify_listen`` set and ``verify_url`` left
-        at its default, verification goes to ``http://<verify_listen>/__canary/generation``."""
+    def from_config(cls, cfg: Config, host: dict[str, Any] | None = None) -> NginxRouter:
+        """The router ``[nginx]`` describes (or ``host``, one of ``cfg.nginx_hosts``: ``[nginx]``
+        with that ``[[nginx.hosts]]`` table's keys on top).  With ``verify_listen`` set and
+        ``verify_url`` left at its default, verification goes to ``http://<verify_listen>/__canary/generation``."""
         from console.core.config import SCHEMA
 
-        n = cfg["nginx"]
+        n = cfg["nginx"] if host is None else host
         verify_url = n["verify_url"]
         if n["verify_listen"] and verify_url == SCHEMA["nginx"]["verify_url"][1]:
             verify_url = listen_url(n["verify_listen"])
         return cls(
-            upstream_file=cfg.upstream_file,
+            upstream_file=cfg.upstream_file if host is None else cfg.resolve(host["upstream_file"]),
             upstream_name=n["upstream_name"],
             production=n["production"],
             canary=n["canary"],
@@ -157,6 +177,7 @@ class NginxRouter:
             verify_url=verify_url,
             verify_timeout=n["verify_timeout"],
             verify_listen=n["verify_listen"],
+            routing=dict(cfg["routing"]),
         )
 
     # ---- reading
@@ -189,7 +210,8 @@ class NginxRouter:
         return generation_of(data.decode(errors="replace")) if data is not None else None
 
     def render(self, weight: int, generation: str) -> str:
-        return render_upstream(self.upstream_name, self.production, self.canary, weight, generation, self.verify_listen)
+        return render_upstream(self.upstream_name, self.production, self.canary, weight, generation, self.verify_listen,
+                               **self.routing)
 
     # ---- changing
 
@@ -236,6 +258,12 @@ class NginxRouter:
             text = old.decode(errors="replace") if old is not None else ""
             # the server lines, not the header: rewriting a file written for other addresses would move traffic
             weight = weight_of(text, self.upstream_name, self.production, self.canary) if old is not None else 0
+            if old is not None and not text.startswith(HEADER):
+                raise PreflightFailed(
+                    f"preflight: {self.upstream_file} is a hand-written file, not one canary-console manages, so it is "
+                    "left as it is; fix: adopt it with `canary-console init` (same servers, same weights), then deploy",
+                    restored_weight=self._weight_in(old),
+                )
             if weight is None:
                 if old is None:
                     what = "does not exist yet"
@@ -306,6 +334,13 @@ class NginxRouter:
         self, new: bytes, old: bytes | None, what: str, error: type[RouterError], t0: float, timings: dict[str, float]
     ) -> None:
         """Write ``new``, ``nginx -t``, reload; on a failure put ``old`` back and raise ``error``."""
+        staged = await self._write_and_test(new, old, what, error, t0, timings)
+        await self._reload(staged, error, t0, timings)
+
+    async def _write_and_test(
+        self, new: bytes, old: bytes | None, what: str, error: type[RouterError], t0: float, timings: dict[str, float]
+    ) -> Staged:
+        """Write ``new`` and ``nginx -t`` it; on a refusal put ``old`` back and raise ``error``."""
         mode, owner = self._mode_owner(old)
         write_atomic(self.upstream_file, new, mode, owner)
         timings["write"] = time.perf_counter() - t0
@@ -323,15 +358,56 @@ class NginxRouter:
                 detail=out,
                 restored_weight=self._weight_in(old),
             )
+        return self._staged(old, what, mode, owner)
+
+    async def _reload(self, staged: Staged, error: type[RouterError], t0: float, timings: dict[str, float]) -> None:
+        """Reload what ``_write_and_test`` passed; on a failure put the old file back and raise ``error``."""
         rc, out = await run_command(self.reload_command, self.command_timeout)
         timings["reload"] = time.perf_counter() - t0
         if rc != 0:
-            self._restore(old, mode, owner)
+            self._restore(staged.old, staged.mode, staged.owner)
             raise error(
-                f"nginx reload failed for {what} ({first_error_line(out)}); {self.upstream_file} put back as it was",
+                f"nginx reload failed for {staged.what} ({first_error_line(out)}); {self.upstream_file} put back as it was",
                 detail=out,
-                restored_weight=self._weight_in(old),
+                restored_weight=self._weight_in(staged.old),
             )
+
+    # ---- the phases of one change, for console.adapters.nginx.fleet.FleetRouter (apply() = all four)
+
+    def _staged(self, old: bytes | None, what: str, mode: int, owner: tuple[int, int] | None) -> Staged:
+        gen = generation_of(old.decode(errors="replace")) if old is not None else None
+        return Staged(old, mode, owner, what, self._weight_in(old), gen)
+
+    def snapshot(self) -> Staged:
+        """The file as it is now, to ``put_back`` later."""
+        old = self._read()
+        return self._staged(old, "the file as it was", *self._mode_owner(old))
+
+    async def stage(self, weight: int, generation: str, timings: dict[str, float] | None = None) -> Staged:
+        """Phase 1: write the file for ``weight`` and ``nginx -t`` it, no reload.  On a refusal the
+        old bytes are back and RouterError is raised.  The caller holds the fleet's lock."""
+        check_weight(weight)
+        check_generation(generation)
+        return await self._write_and_test(self.render(weight, generation).encode(), self._read(), f"{weight}%",
+                                          RouterError, time.perf_counter(), {} if timings is None else timings)
+
+    async def reload(self, staged: Staged, timings: dict[str, float] | None = None) -> None:
+        """Phase 2: reload a staged change; on a failure the old file is back and RouterError is raised."""
+        await self._reload(staged, RouterError, time.perf_counter(), {} if timings is None else timings)
+
+    async def confirm(self, generation: str, timings: dict[str, float] | None = None) -> None:
+        """Phase 3: return once nginx verifiably serves ``generation`` (RouterNotVerified after
+        ``verify_timeout``); at once when verification is off."""
+        if self.verify_url:
+            await self._verify(generation, {} if timings is None else timings)
+
+    async def put_back(self, staged: Staged, reload: bool) -> str:
+        """Undo a staged change: the old bytes (or no file) again, reloaded when ``reload``.
+        Returns what happened, for a message."""
+        if reload:
+            return await self._put_back_and_reload(staged.old)
+        self._restore(staged.old, staged.mode, staged.owner)
+        return "put back as it was, nginx not reloaded"
 
     async def _verify(self, generation: str, timings: dict[str, float]) -> None:
         await verify_generation(
