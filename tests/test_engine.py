@@ -392,3 +392,10 @@ async def test_an_event_queue_waits_for_the_next_event_and_reports_drops_first()
     first = await q.get()
     assert isinstance(first, ev.Note) and first.data == {"dropped": 2}
     assert [type(e).__name__ for e in (await q.get(), await q.get())] == ["CheckCompleted", "StageStarted"]
+
+
+async def test_checks_know_the_generation_nginx_confirmed_for_their_stage(tmp_path):
+    eng, seen, _, checker = make(tmp_path)
+    assert await eng.run() == 0
+    applied = {e.weight: e.generation for e in kinds(seen, ev.RouterApplied) if ":preflight-" not in e.generation}
+    assert checker.contexts and all(c.generation == applied[c.weight] for c in checker.contexts)

@@ -24,6 +24,7 @@ def header_info(model: ConsoleModel, role: str, version: str = "", link: str = "
     weight = ""
     if s.weight is not None:
         weight = f"canary {s.weight}%" + (f"→{s.pending_weight}%" if s.pending_weight is not None else "")
+        weight += split_text(s)
     return HeaderInfo(
         version=s.version or version,
         deployment_id=s.deployment_id,
@@ -35,7 +36,26 @@ def header_info(model: ConsoleModel, role: str, version: str = "", link: str = "
         dry_run=s.dry_run,
         weight=weight,
         link=link,
+        **hosts_header(s),
     )
+
+
+def split_text(s: DeploymentState) -> str:
+    """The header's " · split 4.8% of 5%": what nginx served at the current weight, as the split
+    gate of the last check measured it ("" before it measured, or once the weight moved on)."""
+    r = next((r for r in gate_results(s.results) if r.gate == "split"), None)
+    if r is None or r.value is None or r.threshold is None or r.threshold != s.weight:
+        return ""
+    mark = " ✗" if r.verdict == "fail" else ""
+    return f" · split {r.value:.1f}% of {r.threshold:g}%{mark}"
+
+
+def hosts_header(s: DeploymentState) -> dict[str, Any]:
+    """A fleet's "hosts 3/3 confirmed", or "hosts 2/3 confirmed (edge-3: unconfirmed)" naming the odd one out."""
+    if not s.hosts:
+        return {}
+    ok, total, odd = st.hosts_confirmed(s.hosts)
+    return {"hosts": f"hosts {ok}/{total} confirmed" + (f" ({', '.join(odd)})" if odd else ""), "hosts_ok": not odd}
 
 
 def status_line(model: ConsoleModel) -> tuple[str, str]:
