@@ -17,10 +17,16 @@ from console.core.journal import Journal
 from console.core.protocols import Checker, ImageTagger, MetricSource, TrafficRouter
 
 if TYPE_CHECKING:
+    from console.core.custom_gates import CustomGates
     from console.core.engine import Engine
 
 
 def build_router(cfg: Config) -> TrafficRouter:
+    """One nginx (``[nginx]``), or a fleet moved as one when ``[[nginx.hosts]]`` are configured."""
+    if cfg.nginx_hosts:
+        from console.adapters.nginx.fleet import FleetRouter
+
+        return FleetRouter.from_config(cfg)
     from console.adapters.nginx.router import NginxRouter
 
     return NginxRouter.from_config(cfg)
@@ -43,18 +49,52 @@ def build_source(cfg: Config, clock: Clock) -> MetricSource | None:
     return _build(cfg, clock)
 
 
-def build_checkers(cfg: Config, clock: Clock) -> tuple[list[Checker], MetricSource | None]:
+def build_checkers(cfg: Config, clock: Clock, dry_run: bool = False) -> tuple[list[Checker], MetricSource | None]:
+    """The guide's gates (unless ``[gates] builtin = false``), the ``[[gates.custom]]`` gates and
+    the sequential analysis (unless ``[analysis] enabled = false``), all on one metric source."""
     source = build_source(cfg, clock)
+    split = build_split(cfg, dry_run)
     if source is None:
-        return [], None
-    from console.core.gates import MetricGates
+        return split, None
+    checkers: list[Checker] = []
+    if cfg["gates"]["builtin"]:
+        from console.core.gates import MetricGates
 
-    checkers: list[Checker] = [MetricGates(cfg, source)]
+        checkers.append(MetricGates(cfg, source))  # closes the source at the end
+    if cfg.custom_gates:
+        checkers.append(build_custom_gates(cfg, source, owns_source=not cfg["gates"]["builtin"]))
     if cfg["analysis"]["enabled"]:
         from console.core.analysis import SequentialChecker
 
         checkers.append(SequentialChecker(cfg, source, clock))
-    return checkers, source
+    return checkers + split, source
+
+
+def build_split(cfg: Config, dry_run: bool = False) -> list[Checker]:
+    """The ``split`` gate on ``[nginx] access_log`` (docs/gates.md "The split, measured"): on with
+    ``[gates] split`` (the default), off without an access log, and in a dry run (nginx never moves)."""
+    if not cfg["gates"]["split"] or not cfg["nginx"]["access_log"] or dry_run:
+        return []
+    from console.adapters.split_source import SplitChecker
+
+    return [SplitChecker.from_config(cfg)]
+
+
+def build_custom_gates(cfg: Config, source: MetricSource, owns_source: bool = False) -> CustomGates:
+    """The ``[[gates.custom]]`` checker on ``source`` (a PrometheusSource: config validation refuses
+    custom gates with any other source)."""
+    from console.adapters.metrics.custom import PrometheusQueries
+    from console.adapters.metrics.prometheus import PrometheusSource
+    from console.core.config import format_duration
+    from console.core.custom_gates import CustomGates
+    from console.core.protocols import window_label
+
+    if not isinstance(source, PrometheusSource):
+        raise TypeError(f"custom gates need a PrometheusSource, not {type(source).__name__}")
+    m = cfg["metrics"]
+    return CustomGates(cfg.custom_gates, PrometheusQueries(source, owns_source=owns_source),
+                       canary_value=m["canary_value"], production_value=m["production_value"],
+                       window=window_label(cfg), promql_window=format_duration(cfg.rate_window_s))
 
 
 def build_engine(
@@ -78,7 +118,7 @@ def build_engine(
 
     clock = clock or RealClock()
     if checkers is None:
-        checkers, _ = build_checkers(cfg, clock)
+        checkers, _ = build_checkers(cfg, clock, dry_run=dry_run)
     settings = Settings.from_config(cfg, dry_run=dry_run, stay_at_100=stay_at_100)
     engine = Engine(
         settings,
@@ -101,7 +141,7 @@ def build_engine(
 
 
 def attach_lifecycle(engine: Engine, cfg: Config) -> None:
-    """Alerts, the Docker rollback hook and promotion, each only when configured."""
+    """Alerts, the Docker rollback hook, the exporter and promotion, each only when configured."""
 
     def note(level: str, message: str, data: dict[str, Any] | None = None) -> None:
         engine.note(level, message, **(data or {}))
@@ -116,6 +156,14 @@ def attach_lifecycle(engine: Engine, cfg: Config) -> None:
         from console.adapters.docker import DockerRollbackHook
 
         engine.add_listener(DockerRollbackHook(cfg, cfg.journal_path.parent, note=note))
+    if cfg["exporter"]["listen"]:  # prometheus_client is imported only then
+        from console.adapters.exporter import Exporter
+
+        exporter = Exporter.from_config(cfg, note=note)
+        if exporter is not None:
+            engine.checkers = [exporter.timed(c) for c in engine.checkers]  # check durations
+            engine.add_listener(exporter)
+            engine.services.append(exporter)  # after the notifier: alerts go out before it lingers
 
     async def on_promote(intent: ev.Intent) -> ev.Event | None:
         from console.core import promotion as promote

@@ -91,6 +91,12 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "on_inconclusive": ("str", "hold"),
         "on_metrics_unavailable": ("str", "hold"),
         "unavailable_after": ("int", 3),
+        # the split nginx served, measured from [nginx] access_log (docs/gates.md "The split, measured")
+        "split": ("bool", True),
+        "split_tolerance": ("float", 2.0),  # points of percentage the measured share may be off the target
+        "split_min_requests": ("int", 200),  # fewer requests at this generation: INCONCLUSIVE (advisory)
+        "split_window": ("int", 1000),  # judged over the last this many requests of the generation
+        "builtin": ("bool", True),  # false: the guide's own gates off ([[gates.custom]] and health judge)
     },
     "gates.p95_latency": {
         "fast": ("float", 2.5),
@@ -123,6 +129,21 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "webhook_url": ("str", ""),
         "timeout": ("float", 5.0),
         "retries": ("int", 3),
+        "format": ("str", "generic"),  # the body: generic JSON, or Slack's or Teams' webhook payload
+    },
+    "exporter": {
+        # host:port where the engine serves its own /metrics (any IP: Prometheus often scrapes from
+        # another host); "" = off.  linger: seconds it keeps serving after the rollout ends, until
+        # one scrape has read the final state (0: stop at once)
+        "listen": ("str", ""),
+        "linger": ("float", 15.0),
+    },
+    "routing": {
+        # beyond plain weights (docs/router.md): a sticky split on an nginx variable, and a
+        # tester's override by header or cookie ("always" = canary, "never" = production); "" = off
+        "sticky_key": ("str", ""),
+        "override_header": ("str", ""),
+        "override_cookie": ("str", ""),
     },
     "console": {
         "log_max_lines": ("int", 5000),
@@ -139,6 +160,7 @@ CHOICES = {
     ("metrics", "source"): ("prometheus", "scrape", "none"),
     ("gates", "on_inconclusive"): ("hold", "rollback"),
     ("gates", "on_metrics_unavailable"): ("hold", "rollback"),
+    ("notify", "format"): ("generic", "slack", "teams"),  # console.adapters.webhook reads them from here
 }
 
 # env variable -> (section, key).  The seed's .env names first.
@@ -179,6 +201,9 @@ class Config:
     path: Path | None = None  # the canary.toml read, if any
     env: dict[str, str] = field(default_factory=dict)  # .env + process env, merged
     base_dir: Path = field(default_factory=Path.cwd)
+    custom_gates: tuple[Any, ...] = ()  # [[gates.custom]], as console.core.custom_gates.CustomGate
+    # [[nginx.hosts]]: one dict per host, [nginx] with the host's keys on top, plus its "name"; () = one host, [nginx]
+    nginx_hosts: tuple[dict[str, Any], ...] = ()
 
     def __getitem__(self, section: str) -> dict[str, Any]:
         return self.values[section]
@@ -314,6 +339,8 @@ def load_config(
         path = Path("canary.toml")
     base_dir = (path.resolve().parent if path else Path.cwd())
 
+    custom: Any = None  # [[gates.custom]]: validated below, once [metrics] is known
+    hosts: Any = None  # [[nginx.hosts]]: validated below, on top of [nginx]
     if path is not None:
         try:
             data = tomllib.loads(path.read_text())
@@ -321,6 +348,8 @@ def load_config(
             raise ConfigError(f"{path}: not valid TOML ({e}); allowed: TOML as in canary.toml.example") from None
         except OSError as e:
             raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+        custom = data["gates"].pop("custom", None) if isinstance(data.get("gates"), dict) else None
+        hosts = data["nginx"].pop("hosts", None) if isinstance(data.get("nginx"), dict) else None
         _apply_toml(values, data, path)
 
     # .env, then process env on top
@@ -343,7 +372,17 @@ def load_config(
         values[section][key] = _coerce(section, key, SCHEMA[section][key][0], v, "command line")
 
     cfg = Config(values=values, path=path, env=env, base_dir=base_dir)
-    _validate(cfg, check_upstream_dir)
+    _validate(cfg, check_upstream_dir and hosts is None)  # with hosts, [nginx] upstream_file is only a default
+    if hosts is not None:
+        cfg.nginx_hosts = parse_nginx_hosts(hosts, cfg, str(path), check_upstream_dir)
+    if custom is not None:
+        from console.core.custom_gates import CustomGateError, parse_custom_gates
+
+        try:
+            cfg.custom_gates = parse_custom_gates(custom, where=str(path), source=cfg["metrics"]["source"],
+                                                  min_requests=cfg["metrics"]["min_requests"])
+        except CustomGateError as e:
+            raise ConfigError(str(e)) from None
     return cfg
 
 
@@ -399,6 +438,140 @@ def parse_loopback_listen(value: str) -> tuple[str, int]:
     return str(ip), int(port_text)
 
 
+LISTEN_ALLOWED = ('host:port with an IP address (any: 127.0.0.1, 0.0.0.0, 10.1.2.3, [::1], [::]) or localhost and a '
+                  'port 1..65535, such as "127.0.0.1:9464"; "" = off')
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``[exporter] listen``: (IP, port), any IP (Prometheus may scrape from another host);
+    ``localhost`` is 127.0.0.1.  ValueError (the reason, a few words) otherwise."""
+    import ipaddress
+
+    if not isinstance(value, str) or value.count(":") < 1 or any(c.isspace() for c in value):
+        raise ValueError("not host:port")
+    host, _, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("an IPv6 host goes in brackets, as [::1]:9464")
+    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not 1..65535")
+    if host == "localhost":
+        return "127.0.0.1", int(port_text)
+    try:
+        return str(ipaddress.ip_address(host)), int(port_text)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address or localhost") from None
+
+
+def _validate_exporter(cfg: Config, where: str) -> None:
+    x = cfg["exporter"]
+    if x["listen"]:
+        try:
+            parse_listen(x["listen"])
+        except ValueError as e:
+            raise ConfigError(
+                f"{where}: [exporter] listen = {x['listen']!r} is not valid ({e}); allowed: {LISTEN_ALLOWED}"
+            ) from None
+    if x["linger"] < 0:
+        raise ConfigError(f"{where}: [exporter] linger = {x['linger']:g} is not valid; allowed: a number of seconds >= 0")
+
+
+_ROUTING = {
+    "sticky_key": (re.compile(r"^\$[A-Za-z_][A-Za-z0-9_]{0,63}$"),
+                   'one nginx variable such as "$cookie_session" or "$remote_addr" ($, then letters, digits, _)'),
+    "override_header": (re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$"), "a header name of letters, digits and - (at most 64)"),
+    "override_cookie": (re.compile(r"^[A-Za-z0-9_]{1,64}$"), "a cookie name of letters, digits and _ (at most 64)"),
+}
+
+
+def routing_problem(key: str, value: object) -> str:
+    """What ``[routing] key`` allows, when ``value`` is not that ("" when it is; "" = off is allowed)."""
+    pattern, allowed = _ROUTING[key]
+    if value == "" or (isinstance(value, str) and pattern.match(value)):
+        return ""
+    return f'{allowed}, or "" for off'
+
+
+HOST_REQUIRED = ("upstream_file", "test_command", "reload_command")
+_HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def parse_nginx_hosts(raw: Any, cfg: Config, where: str, check_upstream_dir: bool = True) -> tuple[dict[str, Any], ...]:
+    """``[[nginx.hosts]]``: every host is ``[nginx]`` with its own keys on top.  Each names itself
+    (unique), its ``upstream_file``, ``test_command``, ``reload_command`` and ``verify_url`` or
+    ``verify_listen``; any other ``[nginx]`` key may override.  ConfigError (one line) otherwise."""
+    if raw == []:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise ConfigError(f"{where}: [nginx] hosts must be [[nginx.hosts]] tables, one per nginx; allowed: "
+                          'name = "edge-1", upstream_file, test_command, reload_command, verify_url or verify_listen')
+    hosts: list[dict[str, Any]] = []
+    names: set[str] = set()
+    files: dict[Path, str] = {}
+    for i, table in enumerate(raw, 1):
+        name = table.get("name")
+        if not isinstance(name, str) or not _HOST_NAME.match(name):
+            what = "has no name" if name is None else f"has name = {name!r}, which is not valid"
+            raise ConfigError(f"{where}: [[nginx.hosts]] number {i} {what}; allowed: a unique name such as "
+                              '"edge-1" (letters, digits, _ . -, at most 63)')
+        if name in names:
+            raise ConfigError(f"{where}: [[nginx.hosts]] name = {name!r} is used by two hosts; allowed: one name per host")
+        names.add(name)
+        label = f"[[nginx.hosts]] {name!r}"
+        for key in table:
+            if key != "name" and key not in SCHEMA["nginx"]:
+                raise ConfigError(f"{where}: unknown key {key} in {label}; allowed: name, {', '.join(SCHEMA['nginx'])}")
+        missing = [k for k in HOST_REQUIRED if k not in table]
+        if "verify_url" not in table and "verify_listen" not in table:
+            missing.append("verify_url (or verify_listen)")
+        if missing:
+            raise ConfigError(f"{where}: {label} has no {', '.join(missing)}; allowed: every host names its own "
+                              "upstream_file, test_command, reload_command and verify_url or verify_listen")
+        host = {k: (list(v) if isinstance(v, list) else v) for k, v in cfg["nginx"].items()}
+        if "verify_url" not in table:  # verify_listen alone: verification goes there (NginxRouter.from_config)
+            host["verify_url"] = SCHEMA["nginx"]["verify_url"][1]
+        for key, v in table.items():
+            if key == "name":
+                continue
+            try:
+                host[key] = _coerce("nginx", key, SCHEMA["nginx"][key][0], v, where)
+            except ConfigError as e:
+                raise ConfigError(str(e).replace("[nginx] ", f"{label} ", 1)) from None
+        for key in ("test_command", "reload_command"):
+            if not host[key]:
+                raise ConfigError(f'{where}: {label} {key} is empty; allowed: an argv list such as ["nginx", "-t"]')
+        if host["verify_listen"]:
+            try:
+                parse_loopback_listen(host["verify_listen"])
+            except ValueError as e:
+                raise ConfigError(f"{where}: {label} verify_listen = {host['verify_listen']!r} is not valid ({e}); "
+                                  f"allowed: {LOOPBACK_LISTEN_ALLOWED}") from None
+        f = cfg.resolve(host["upstream_file"])
+        if f in files:
+            raise ConfigError(f"{where}: {label} upstream_file = {host['upstream_file']!r} is also the file of "
+                              f"{files[f]!r}; allowed: one upstream file per host")
+        files[f] = name
+        if check_upstream_dir and not f.parent.is_dir():
+            raise ConfigError(f"{where}: {label} upstream_file = {host['upstream_file']!r}: directory {f.parent} does "
+                              "not exist; allowed: a file in an existing directory")
+        hosts.append({"name": name, **host})
+    return tuple(hosts)
+
+
+def _validate_split(cfg: Config, where: str) -> None:
+    g = cfg["gates"]
+    if not 0 < g["split_tolerance"] <= 100:
+        raise ConfigError(f"{where}: [gates] split_tolerance = {g['split_tolerance']:g} is not valid; "
+                          "allowed: points of percentage, 0 < tolerance <= 100")
+    if g["split_min_requests"] < 1:
+        raise ConfigError(f"{where}: [gates] split_min_requests = {g['split_min_requests']} is not valid; "
+                          "allowed: an integer >= 1")
+    if not g["split_min_requests"] <= g["split_window"] <= 1_000_000:
+        raise ConfigError(f"{where}: [gates] split_window = {g['split_window']} is not valid; allowed: an integer "
+                          f"from split_min_requests ({g['split_min_requests']}) to 1000000")
+
+
 def validate_stages(stages: list[int], where: str) -> None:
     ok = bool(stages) and all(1 <= s <= 100 for s in stages) and all(a < b for a, b in zip(stages, stages[1:], strict=False))
     if not ok or stages[-1] != 100:
@@ -429,8 +602,14 @@ def _validate(cfg: Config, check_upstream_dir: bool) -> None:
                 f"{where}: [nginx] verify_listen = {cfg['nginx']['verify_listen']!r} is not valid ({e}); "
                 f"allowed: {LOOPBACK_LISTEN_ALLOWED}"
             ) from None
+    _validate_exporter(cfg, where)
+    for key, value in cfg["routing"].items():
+        problem = routing_problem(key, value)
+        if problem:
+            raise ConfigError(f"{where}: [routing] {key} = {value!r} is not valid; allowed: {problem}")
     if cfg["gates"]["consecutive_failures"] < 1 or cfg["gates"]["unavailable_after"] < 1:
         raise ConfigError(f"{where}: [gates] consecutive_failures and unavailable_after must be >= 1")
+    _validate_split(cfg, where)
     if not 0 < cfg["analysis"]["alpha"] < 1:
         raise ConfigError(f"{where}: [analysis] alpha = {cfg['analysis']['alpha']} is not valid; allowed: 0 < alpha < 1")
     if check_upstream_dir:

@@ -155,6 +155,7 @@ class Engine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._weight: int | None = None
         self._generations: dict[str, int] = {}  # every generation this engine wrote -> its canary weight
+        self._generation = ""  # the one nginx last confirmed (the split gate counts only its requests)
         self.exit_code: int | None = None
 
     # ------------------------------------------------------------------ plumbing
@@ -319,7 +320,24 @@ class Engine:
                 self.note(n.get("level", "info"), n.get("message", ""), **(n.get("data") or {}))
 
     async def _precheck(self) -> bool:
-        return await self._health_precheck() and await self._router_preflight()
+        return await self._health_precheck() and await self._checkers_preflight() and await self._router_preflight()
+
+    async def _checkers_preflight(self) -> bool:
+        """Checkers that can tell up front that they could never judge (the optional
+        ``Checker.preflight``: a custom gate's query Prometheus rejects) stop the deployment."""
+        problems: list[str] = []
+        for c in self.checkers:
+            preflight = getattr(c, "preflight", None)  # optional in the Checker Protocol, like begin_stage
+            if preflight is None:
+                continue
+            try:
+                problems += await asyncio.wait_for(preflight(), max(5.0, 2 * self.s.check_interval))
+            except Exception as e:  # a preflight that cannot run is not a finding; the checks judge ERROR
+                self.note("warning", f"{getattr(c, 'name', type(c).__name__)} preflight did not run: {type(e).__name__}: {e}")
+        if problems:
+            self.emit(ev.Failed, reason=f"preflight: {'; '.join(problems)}; nothing was changed", index=self.start_index)
+            return False
+        return True
 
     async def _health_precheck(self) -> bool:
         if self.health is None or not self.s.canary_health_url:
@@ -352,7 +370,7 @@ class Engine:
             msg = str(e) if str(e).startswith("preflight") else f"preflight: {e}"
             self.emit(ev.Failed, reason=f"{msg}; nothing was changed", index=self.start_index)
             return False
-        self._weight = weight or 0
+        self._weight, self._generation = weight or 0, gen
         self.emit(ev.RouterApplied, weight=weight or 0, generation=gen, duration_ms=round(took * 1000, 2))
         return True
 
@@ -375,13 +393,14 @@ class Engine:
             file_weight = self._file_weight()
             outcome = "unconfirmed" if e.reloaded else "restored"
             self.emit(ev.RouterFailed, weight=weight, generation=gen, error=detail, restored_weight=e.restored_weight,
-                      file_weight=file_weight, outcome=outcome)
+                      file_weight=file_weight, outcome=outcome, hosts=getattr(self.router, "last_hosts", tuple)())
             # nginx may yet serve it: one more look, journaled if it does (a late confirmation)
             if e.reloaded and await self._confirmed_late(gen) and accept_late:
                 return
             raise
-        self._weight = weight
-        self.emit(ev.RouterApplied, weight=weight, generation=gen, duration_ms=round(took * 1000, 2))
+        self._weight, self._generation = weight, gen
+        self.emit(ev.RouterApplied, weight=weight, generation=gen, duration_ms=round(took * 1000, 2),
+                  hosts=getattr(self.router, "last_hosts", tuple)())  # a fleet: each host's outcome
 
     def _file_weight(self) -> int | None:
         try:
@@ -407,7 +426,7 @@ class Engine:
         served, _ = await self._served()
         if served != gen:
             return False
-        self._weight = self._generations[gen]
+        self._weight, self._generation = self._generations[gen], gen
         self.emit(ev.RouterApplied, weight=self._weight, generation=gen, duration_ms=0.0, late=True)
         return True
 
@@ -577,6 +596,7 @@ class Engine:
         ctx = CheckContext(
             deployment_id=self.deployment_id, version=self.version, index=st.index, weight=st.weight,
             stage_elapsed=st.elapsed, stage_wall_start=st.started, min_period=s.min_stage_time,
+            generation=self._generation,
         )
         results = await self._preemptible(self._run_checks(ctx))
         st.checks += 1

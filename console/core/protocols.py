@@ -68,14 +68,17 @@ class CheckContext:
     stage_wall_start: float  # clock.monotonic() when the stage's traffic was applied
     min_period: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    generation: str = ""  # the router generation the stage's traffic was applied under ("" = not told)
 
 
 class Checker(Protocol):
     """A set of gates judged on every check (metrics gates, health, the sequential analysis).
 
     Optional: ``async def begin_stage(ctx) -> Sequence[dict]`` returns notes to journal before a
-    stage starts (for example the analysis' minimum detectable effect), and
-    ``async def aclose()``."""
+    stage starts (for example the analysis' minimum detectable effect),
+    ``async def preflight() -> list[str]`` returns what makes this checker unable to judge at all
+    (one line each, such as a query Prometheus rejects), asked once before anything moves: any
+    line stops the deployment (exit 4, nothing changed), and ``async def aclose()``."""
 
     async def check(self, ctx: CheckContext) -> Sequence[GateResult]: ...
 
