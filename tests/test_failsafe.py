@@ -22,7 +22,7 @@ from console.adapters.nginx import generation_of
 from console.core.journal import read_records
 from console.core.state import last_applied_weight
 from tests.fixtures.nginx import NginxEnv, write_canary_toml
-from tests.fixtures.real import free_port, journal_summary, wait_for
+from tests.fixtures.real import REFUSE_TEST, free_port, journal_summary, shutting_down, wait_for
 
 pytestmark = pytest.mark.real
 
@@ -53,37 +53,9 @@ if m and m.group(1) == weight and not os.path.exists(once):
 sys.exit(subprocess.run(real).returncode)
 """
 
-# `nginx -t` that refuses the upstream file while it routes WEIGHT; otherwise the real test.
-REFUSE_TEST = r"""
-import re, subprocess, sys
-upstream, weight, real = sys.argv[1], sys.argv[2], sys.argv[3:]
-m = re.search(r"^# canary-weight: (\d+)$", open(upstream).read(), re.M)
-if m and m.group(1) == weight:
-    print(f"nginx: [emerg] the test refuses canary {weight}% in {upstream}", file=sys.stderr)
-    sys.exit(1)
-sys.exit(subprocess.run(real).returncode)
-"""
-
-
-def old_workers(env: NginxEnv) -> int:
-    """nginx workers of this master still shutting down after a reload (they drop idle connections)."""
-    master, n = env.nginx.pid, 0
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            title = (d / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == master and b"shutting down" in title:
-            n += 1
-    return n
-
-
 def settled_send(env: NginxEnv, n: int):
     """``n`` requests once no old worker is left: what nginx serves now, on fresh connections."""
-    wait_for(lambda: old_workers(env) == 0, timeout=30, what="the old nginx workers to finish")
+    wait_for(lambda: shutting_down(env.nginx.pid) == 0, timeout=30, what="the old nginx workers to finish")
     return env.send(n, fresh=True)
 
 

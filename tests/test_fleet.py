@@ -31,22 +31,11 @@ from console.core.protocols import RouterError
 from console.core.state import fold
 from console.wiring import build_engine, build_router
 from tests.fixtures.netns import Fleet, netns_left, start_fleet
-from tests.fixtures.real import journal_summary
+from tests.fixtures.real import REFUSE_TEST, journal_summary
 
 pytestmark = pytest.mark.real
 
 CLI = str(Path(sys.executable).parent / "canary-console")
-
-# `nginx -t` that refuses the upstream file while it routes WEIGHT; otherwise the real test.
-REFUSE_TEST = r"""
-import re, subprocess, sys
-upstream, weight, real = sys.argv[1], sys.argv[2], sys.argv[3:]
-m = re.search(r"^# canary-weight: (\d+)$", open(upstream).read(), re.M)
-if m and m.group(1) == weight:
-    print(f"nginx: [emerg] the test refuses canary {weight}% in {upstream}", file=sys.stderr)
-    sys.exit(1)
-sys.exit(subprocess.run(real).returncode)
-"""
 
 # The real reload; then, while FLAG exists, SIGSTOP to the nginx master's group (its workers too):
 # the host stops answering, though the reload command itself succeeded.

@@ -21,7 +21,7 @@ from console.core.state import router_truth
 from console.sandbox.nginx_local import LocalNginx
 from tests.fixtures.backends import Backends
 from tests.fixtures.nginx import UPSTREAM_NAME, NginxEnv, render_plain_conf, write_canary_toml
-from tests.fixtures.real import free_port, need_binary, port_listening, wait_for
+from tests.fixtures.real import children, free_port, need_binary, port_listening, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 P, C = "app:8000", "app-canary:8000"
@@ -274,16 +274,7 @@ def router_records(toml: Path) -> list[dict]:
 
 def workers(env: NginxEnv) -> set[int]:
     """The nginx master's children now (its workers, and old ones still shutting down after a reload)."""
-    master, found = env.nginx.pid, set()
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == master:
-                found.add(int(d.name))
-    return found
+    return set(children(env.nginx.pid))
 
 
 def reloaded(env: NginxEnv, old: set[int]) -> set[int]:

@@ -24,7 +24,7 @@ from tests.fixtures.nginx import (
     start_plain_nginx_env,
     write_canary_toml,
 )
-from tests.fixtures.real import free_port, need, need_binary, port_listening
+from tests.fixtures.real import children, free_port, need, need_binary, port_listening
 
 pytestmark = pytest.mark.real
 
@@ -295,7 +295,7 @@ def test_stop_leaves_no_nginx_process(tmp_path: Path, backends: Backends) -> Non
     env = start_nginx_env(tmp_path, backends)
     master = env.nginx.pid
     assert master is not None
-    workers = _children(master)
+    workers = children(master)
     assert len(workers) == 2, workers
     port = env.nginx.listen_port
 
@@ -314,7 +314,7 @@ def test_stop_kills_a_master_that_ignores_quit(tmp_path: Path, backends: Backend
     env = start_nginx_env(tmp_path, backends)
     master = env.nginx.pid
     assert master is not None
-    workers = _children(master)
+    workers = children(master)
     os.kill(master, signal.SIGSTOP)
 
     env.nginx.stop(timeout=0.3)
@@ -331,19 +331,6 @@ def test_start_reports_nginx_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="invalid port"):
         nginx.start()
     assert nginx.pid is None
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(d.name))
-    return out
 
 
 def _is_zombie_of_init(pid: int) -> bool:

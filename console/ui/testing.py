@@ -4,50 +4,11 @@ the screen as text.  The scripted link itself is console.core.fakes.ScriptedLink
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from console.core import events as ev
 from console.core.events import FAIL, INCONCLUSIVE, PASS, GateResult
-
-
-class ScriptedLink:
-    def __init__(self, history: Iterable[ev.Event] = (), role: str = "driver") -> None:
-        self.role = role
-        self._history = list(history)
-        self._queue: asyncio.Queue[ev.Event | None] = asyncio.Queue()
-        self.submitted: list[ev.Intent] = []
-        self.closed = False
-        self.on_submit: Any = None  # optional callable(intent) -> events to play back (an engine stand-in)
-
-    def history(self) -> list[ev.Event]:
-        return list(self._history)
-
-    def feed(self, *events: ev.Event) -> None:
-        for e in events:
-            self._queue.put_nowait(e)
-
-    def end(self) -> None:
-        self._queue.put_nowait(None)
-
-    async def events(self) -> AsyncIterator[ev.Event]:
-        while True:
-            e = await self._queue.get()
-            if e is None:
-                return
-            yield e
-
-    async def submit(self, intent: ev.Intent) -> None:
-        if self.role != "driver":
-            raise PermissionError(f"this console is a {self.role}: it cannot move traffic")
-        self.submitted.append(intent)
-        if self.on_submit is not None:
-            self.feed(*self.on_submit(intent))
-
-    async def close(self) -> None:
-        self.closed = True
-
 
 # ---------------------------------------------------------------------------- scripted deployments
 DEP = "v0.2.0-20260101T000000Z-ab12"
