@@ -21,11 +21,12 @@ class ConfigError(Exception):
     """One line: what, where, what is allowed."""
 
 
-# type tags: "int", "float", "str", "bool", "list[int]", "list[str]", "list[float]", "duration"
+# type tags: "int", "float", "str", "bool", "list[int]", "list[str]", "list[float]", "duration",
+# "list[weight]" (numbers as written, whole ones stay ints; validate_stages checks and normalises them)
 # (a duration is seconds as a number, or a Prometheus-style string such as "5m")
 SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
     "rollout": {
-        "stages": ("list[int]", [1, 5, 25, 100]),
+        "stages": ("list[weight]", [1, 5, 25, 100]),
         "observation_period": ("float", 900.0),
         "check_interval": ("float", 15.0),
         "min_stage_time": ("float", 0.0),  # a PASS of the analysis needs at least this much
@@ -217,7 +218,7 @@ class Config:
         return q if q.is_absolute() else (self.base_dir / q)
 
     @property
-    def stages(self) -> list[int]:
+    def stages(self) -> list[int | float]:
         return list(self.values["rollout"]["stages"])
 
     @property
@@ -253,6 +254,7 @@ def _coerce(section: str, key: str, typ: str, v: Any, where: str, env: bool = Fa
         "list[int]": "a list of integers",
         "list[str]": "a list of strings",
         "list[float]": "a list of numbers",
+        "list[weight]": "a list of integers (or numbers with at most one decimal, such as 0.1)",
         "duration": 'a duration such as 300, "30s" or "5m"',
     }[typ]
     bad = ConfigError(f"{where}: {name} = {v!r} is not valid; allowed: {allowed}")
@@ -293,13 +295,15 @@ def _coerce(section: str, key: str, typ: str, v: Any, where: str, env: bool = Fa
                     v = [int(x) for x in v]
                 elif typ == "list[float]":
                     v = [float(x) for x in v]
+                elif typ == "list[weight]":
+                    v = [int(x) if x.isdigit() else float(x) for x in v]
             if not isinstance(v, list):
                 raise bad
             inner = typ[5:-1]
             for x in v:
                 if inner == "int" and (isinstance(x, bool) or not isinstance(x, int)):
                     raise bad
-                if inner == "float" and (isinstance(x, bool) or not isinstance(x, int | float)):
+                if inner in ("float", "weight") and (isinstance(x, bool) or not isinstance(x, int | float)):
                     raise bad
                 if inner == "str" and not isinstance(x, str):
                     raise bad
@@ -418,31 +422,17 @@ def parse_loopback_listen(value: str) -> tuple[str, int]:
     (the reason, a few words) otherwise.  The nginx adapter renders ``listen`` from it."""
     import ipaddress
 
-    if not isinstance(value, str) or value.count(":") < 1 or any(c.isspace() for c in value):
-        raise ValueError("not host:port")
-    host, _, port_text = value.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError("an IPv6 host goes in brackets, as [::1]:8089")
-    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
-        raise ValueError(f"port {port_text!r} is not 1..65535")
-    if host == "localhost":
-        return "127.0.0.1", int(port_text)
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{host!r} is not an IP address or localhost") from None
-    if not ip.is_loopback:
+    host, port = parse_listen(value, example_port=8089)
+    if not ipaddress.ip_address(host).is_loopback:
         raise ValueError(f"{host} is not a loopback address")
-    return str(ip), int(port_text)
+    return host, port
 
 
 LISTEN_ALLOWED = ('host:port with an IP address (any: 127.0.0.1, 0.0.0.0, 10.1.2.3, [::1], [::]) or localhost and a '
                   'port 1..65535, such as "127.0.0.1:9464"; "" = off')
 
 
-def parse_listen(value: str) -> tuple[str, int]:
+def parse_listen(value: str, example_port: int = 9464) -> tuple[str, int]:
     """``[exporter] listen``: (IP, port), any IP (Prometheus may scrape from another host);
     ``localhost`` is 127.0.0.1.  ValueError (the reason, a few words) otherwise."""
     import ipaddress
@@ -453,7 +443,7 @@ def parse_listen(value: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        raise ValueError("an IPv6 host goes in brackets, as [::1]:9464")
+        raise ValueError(f"an IPv6 host goes in brackets, as [::1]:{example_port}")
     if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"port {port_text!r} is not 1..65535")
     if host == "localhost":
@@ -572,18 +562,41 @@ def _validate_split(cfg: Config, where: str) -> None:
                           f"from split_min_requests ({g['split_min_requests']}) to 1000000")
 
 
-def validate_stages(stages: list[int], where: str) -> None:
-    ok = bool(stages) and all(1 <= s <= 100 for s in stages) and all(a < b for a, b in zip(stages, stages[1:], strict=False))
-    if not ok or stages[-1] != 100:
+WEIGHT_ALLOWED = "a percentage 0..100 with at most one decimal, such as 5 or 0.1"
+
+
+def normalize_weight(x: float) -> int | float:
+    """A canary weight (a percentage) the way the console keeps it everywhere: rounded to one
+    decimal, an ``int`` when whole (5, never 5.0: "5%" in text, 5 in JSON), else a float (0.1).
+    Use it at the edges (config, the command line, a file read back, ``100 - w``)."""
+    tenths = round(x * 10)
+    return tenths // 10 if tenths % 10 == 0 else tenths / 10
+
+
+def is_weight(x: object) -> bool:
+    """A number 0..100 with at most one decimal (bool is not a number here): what
+    ``normalize_weight`` keeps without moving it."""
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x) or not 0 <= x <= 100:
+        return False
+    return isinstance(x, int) or abs(x * 10 - round(x * 10)) < 1e-7
+
+
+def validate_stages(stages: list[Any], where: str) -> list[int | float]:
+    """The stages, normalised (``normalize_weight``); ConfigError with one line unless they are
+    strictly increasing percentages 0.1..100 with at most one decimal, ending at 100."""
+    ok = bool(stages) and all(is_weight(s) and s > 0 for s in stages)
+    norm = [normalize_weight(s) for s in stages] if ok else []
+    if not ok or not all(a < b for a, b in zip(norm, norm[1:], strict=False)) or norm[-1] != 100:
         raise ConfigError(
-            f"{where}: [rollout] stages = {stages} is not valid; "
-            "allowed: strictly increasing integers within 1..100 ending at 100"
+            f"{where}: [rollout] stages = {stages} is not valid; allowed: strictly increasing percentages within "
+            "0.1..100 with at most one decimal, ending at 100, such as [1, 5, 25, 100] or [0.1, 1, 5, 25, 100]"
         )
+    return norm
 
 
 def _validate(cfg: Config, check_upstream_dir: bool) -> None:
     where = str(cfg.path) if cfg.path else "defaults"
-    validate_stages(cfg.stages, where)
+    cfg.values["rollout"]["stages"] = validate_stages(cfg.stages, where)
     r = cfg["rollout"]
     for key in ("observation_period", "check_interval"):
         if r[key] <= 0:
