@@ -39,7 +39,7 @@ def snapshot(nginx_env, cfg):
     return nginx_env.upstream_file.read_bytes(), nginx_env.served_generation(), jp.read_bytes() if jp.exists() else b""
 
 
-@pytest.mark.parametrize("arg", ["-1", "101", "5%", "abc", "2.5", ""])
+@pytest.mark.parametrize("arg", ["-1", "101", "5%", "abc", "2.55", "100.5", ""])
 def test_bad_weight_exits_2_with_one_line_and_changes_nothing(cfg, nginx_env, arg):
     before = snapshot(nginx_env, cfg)
     r = run(cfg, "weights", arg) if arg != "-1" else run(cfg, "weights", "--", arg)

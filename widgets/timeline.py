@@ -18,7 +18,7 @@ MARK = {DONE: "✓", CURRENT: "▶", PENDING: "·", FAILED: "✗"}
 
 @dataclass(frozen=True)
 class TimelineView:
-    stages: tuple[int, ...] = ()
+    stages: tuple[float, ...] = ()
     marks: tuple[str, ...] = ()  # one of DONE/CURRENT/PENDING/FAILED per stage
     progress: float | None = None  # the current stage's observation done, 0..1
     status: str = ""  # "observing 5%: 04:12 left" / "HOLDING: why" / "ROLLED BACK: why"
@@ -26,7 +26,7 @@ class TimelineView:
     entries: tuple[tuple[str, str, str], ...] = ()  # (time, text, level), newest last
 
 
-def stage_marks(stages: tuple[int, ...], index: int, passed: tuple[int, ...], failed_index: int | None,
+def stage_marks(stages: tuple[float, ...], index: int, passed: tuple[int, ...], failed_index: int | None,
                 finished_ok: bool) -> tuple[str, ...]:
     out = []
     for i in range(len(stages)):

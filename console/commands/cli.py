@@ -15,7 +15,7 @@ import re
 import sys
 from typing import Any
 
-from console.core.config import ConfigError, load_config
+from console.core.config import WEIGHT_ALLOWED, ConfigError, load_config, normalize_weight
 from console.core.exits import EPILOG, ExitCode
 
 
@@ -24,10 +24,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _percent(v: str) -> int:
-    if not re.fullmatch(r"\d{1,3}", v) or not 0 <= int(v) <= 100:
-        raise argparse.ArgumentTypeError(f"canary weight {v!r} is not valid; allowed: an integer 0..100 (no % sign)")
-    return int(v)
+def _percent(v: str) -> int | float:
+    if not re.fullmatch(r"\d{1,3}(\.\d)?", v) or not 0 <= float(v) <= 100:
+        raise argparse.ArgumentTypeError(f"canary weight {v!r} is not valid; allowed: {WEIGHT_ALLOWED} (no % sign)")
+    return normalize_weight(float(v))
 
 
 def _seconds(v: str) -> float:
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--skip-checks", action="store_true", help="do not run the pre-deployment checks first")
 
     w = sub.add_parser("weights", help="set the canary weight (the seed's update_nginx_weights.sh)")
-    w.add_argument("percent", type=_percent, metavar="PCT", help="canary weight, an integer 0..100")
+    w.add_argument("percent", type=_percent, metavar="PCT", help="canary weight, 0..100 with at most one decimal (0.1)")
 
     r = sub.add_parser("rollback", help="send all traffic to production now")
     r.add_argument("--reason", default="", help="why (journaled)")

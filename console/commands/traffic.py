@@ -15,6 +15,7 @@ from typing import Any
 from console.commands.term import err, report_router_error
 from console.core import events as ev
 from console.core import manual
+from console.core.config import normalize_weight
 from console.core.exits import ExitCode
 from console.core.journal import read_records
 from console.core.lock import DriverLock, LockHeld, lock_path_for
@@ -40,7 +41,8 @@ def run_weights(args: argparse.Namespace, cfg: Any) -> int:
         return report_router_error(e)
     finally:
         lk.release()
-    print(f"canary {args.percent}% / production {100 - args.percent}%: nginx serves it (verified in {res.took_s * 1000:.0f} ms)")
+    prod = normalize_weight(100 - args.percent)
+    print(f"canary {args.percent}% / production {prod}%: nginx serves it (verified in {res.took_s * 1000:.0f} ms)")
     return ExitCode.OK
 
 
@@ -96,7 +98,7 @@ def run_status(args: argparse.Namespace, cfg: Any) -> int:
     if args.json:
         out = {
             "canary_weight": weight,  # what the upstream file holds
-            "production_weight": None if weight is None else 100 - weight,
+            "production_weight": None if weight is None else normalize_weight(100 - weight),
             "confirmed": truth.agrees_with(weight),  # nginx confirmed exactly this, nothing pending since
             "router": {"state": truth.state, "confirmed_weight": truth.confirmed_weight,
                        "pending_weight": truth.pending_weight, "detail": truth.detail},
@@ -114,7 +116,8 @@ def run_status(args: argparse.Namespace, cfg: Any) -> int:
     if hosts:
         _print_hosts(hosts, weight)
     else:
-        w = "unknown (no managed upstream file)" if weight is None else f"canary {weight}% / production {100 - weight}%"
+        w = ("unknown (no managed upstream file)" if weight is None
+             else f"canary {weight}% / production {normalize_weight(100 - weight)}%")
         print(f"traffic:    {w}  ({cfg.upstream_file})")
     line = _confirmation(truth, weight) if weight is not None or not hosts else _fleet_disagrees(truth, hosts)
     if line:
@@ -146,10 +149,10 @@ def _fleet_hosts(router: Any, truth: RouterTruth) -> list[dict[str, Any]]:
              "upstream_file": files[h.name]} for h in states]
 
 
-def _print_hosts(hosts: list[dict[str, Any]], weight: int | None) -> None:
+def _print_hosts(hosts: list[dict[str, Any]], weight: float | None) -> None:
     drifted = [h["name"] for h in hosts if h["drifted"]]
     if weight is not None:
-        w = f"canary {weight}% / production {100 - weight}% on all {len(hosts)} hosts"
+        w = f"canary {weight}% / production {normalize_weight(100 - weight)}% on all {len(hosts)} hosts"
     else:
         w = f"the {len(hosts)} hosts' upstream files disagree"
     print(f"traffic:    {w}" + (f"; DRIFTED: {', '.join(drifted)}" if drifted else ""))
@@ -166,7 +169,7 @@ def _fleet_disagrees(truth: RouterTruth, hosts: list[dict[str, Any]]) -> str:
             "Set every host with canary-console weights N")
 
 
-def _confirmation(truth: RouterTruth, weight: int | None) -> str:
+def _confirmation(truth: RouterTruth, weight: float | None) -> str:
     """One line on whether nginx confirmed what the file holds, from the journal."""
     if truth.state == NO_CHANGE:
         return "no router change in the journal yet"

@@ -87,7 +87,7 @@ class _Stage:
     """Book-keeping for the observation of one stage."""
 
     index: int
-    weight: int
+    weight: float
     period: float
     limit: float
     started: float  # clock time the weight was applied
@@ -153,8 +153,8 @@ class Engine:
         self._wake = asyncio.Event()
         self._last_by_gate: dict[str, GateResult] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._weight: int | None = None
-        self._generations: dict[str, int] = {}  # every generation this engine wrote -> its canary weight
+        self._weight: float | None = None
+        self._generations: dict[str, float] = {}  # every generation this engine wrote -> its canary weight
         self._generation = ""  # the one nginx last confirmed (the split gate counts only its requests)
         self.exit_code: int | None = None
 
@@ -374,7 +374,7 @@ class Engine:
         self.emit(ev.RouterApplied, weight=weight or 0, generation=gen, duration_ms=round(took * 1000, 2))
         return True
 
-    async def _set_weight(self, weight: int, reason: str, accept_late: bool = False) -> None:
+    async def _set_weight(self, weight: float, reason: str, accept_late: bool = False) -> None:
         """Move the traffic and journal it: the intent, then applied or failed (with what the file
         holds and whether nginx confirmed it).  RouterError when nginx did not confirm in time,
         unless ``accept_late`` and a last probe sees the change after all (the rollback's 0%)."""
@@ -402,7 +402,7 @@ class Engine:
         self.emit(ev.RouterApplied, weight=weight, generation=gen, duration_ms=round(took * 1000, 2),
                   hosts=getattr(self.router, "last_hosts", tuple)())  # a fleet: each host's outcome
 
-    def _file_weight(self) -> int | None:
+    def _file_weight(self) -> float | None:
         try:
             return self.router.current_weight()
         except Exception:  # an unreadable file is no reason to stop the fail-safe

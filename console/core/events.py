@@ -147,7 +147,7 @@ def event_from_record(rec: dict[str, Any]) -> Event | None:
 @dataclass(frozen=True, kw_only=True)
 class DeploymentStarted(Event):
     kind: ClassVar[str] = "deployment_started"
-    stages: tuple[int, ...] = ()
+    stages: tuple[float, ...] = ()
     start_stage: int = 0
     observation_period: float = 0.0
     check_interval: float = 0.0
@@ -162,8 +162,8 @@ class RouterIntent(Event):
     """Written *before* the upstream file is touched."""
 
     kind: ClassVar[str] = "router_intent"
-    weight: int = 0
-    previous_weight: int | None = None
+    weight: float = 0
+    previous_weight: float | None = None
     generation: str = ""
     reason: str = ""
 
@@ -173,7 +173,7 @@ class RouterApplied(Event):
     """Written once nginx verifiably serves ``weight`` (or, dry run, would have)."""
 
     kind: ClassVar[str] = "router_applied"
-    weight: int = 0
+    weight: float = 0
     generation: str = ""
     duration_ms: float = 0.0
     late: bool = False  # confirmed after the change had been reported unconfirmed (the probe saw it later)
@@ -184,14 +184,14 @@ class RouterApplied(Event):
 @dataclass(frozen=True, kw_only=True)
 class RouterFailed(Event):
     kind: ClassVar[str] = "router_failed"
-    weight: int = 0
+    weight: float = 0
     generation: str = ""
     error: str = ""
-    restored_weight: int | None = None  # the old file was put back (nginx serves what it served before)
+    restored_weight: float | None = None  # the old file was put back (nginx serves what it served before)
     # what the upstream file holds after the failure, and whether nginx confirmed it:
     # "restored" (the old file is back), "unconfirmed" (the new file stays, nginx was reloaded
     # and may serve it: nobody knows until a probe sees its generation)
-    file_weight: int | None = None
+    file_weight: float | None = None
     outcome: str = ""
     hosts: tuple[dict[str, Any], ...] = ()  # a fleet: each host's outcome, as in RouterApplied
 
@@ -200,7 +200,7 @@ class RouterFailed(Event):
 class StageStarted(Event):
     kind: ClassVar[str] = "stage_started"
     index: int = 0
-    weight: int = 0
+    weight: float = 0
     total: int = 0
     observation_period: float = 0.0
     min_period: float = 0.0
@@ -212,7 +212,7 @@ class CheckCompleted(Event):
 
     kind: ClassVar[str] = "check"
     index: int = 0
-    weight: int = 0
+    weight: float = 0
     elapsed: float = 0.0  # observation seconds elapsed in this stage (clock stops when paused)
     remaining: float = 0.0
     results: tuple[GateResult, ...] = ()
@@ -226,7 +226,7 @@ class CheckCompleted(Event):
 class StageExtended(Event):
     kind: ClassVar[str] = "stage_extended"
     index: int = 0
-    weight: int = 0
+    weight: float = 0
     reason: str = ""
     until: float = 0.0  # observation seconds the stage may now last
 
@@ -235,7 +235,7 @@ class StageExtended(Event):
 class StagePassed(Event):
     kind: ClassVar[str] = "stage_passed"
     index: int = 0
-    weight: int = 0
+    weight: float = 0
     reason: str = ""
 
 
@@ -245,7 +245,7 @@ class Holding(Event):
 
     kind: ClassVar[str] = "holding"
     index: int = 0
-    weight: int = 0
+    weight: float = 0
     reason: str = ""
 
 
@@ -264,7 +264,7 @@ class OperatorAction(Event):
 class Paused(Event):
     kind: ClassVar[str] = "paused"
     index: int = 0
-    weight: int = 0
+    weight: float = 0
     remaining: float = 0.0
 
 
@@ -272,7 +272,7 @@ class Paused(Event):
 class Resumed(Event):
     kind: ClassVar[str] = "resumed"
     index: int = 0
-    weight: int = 0
+    weight: float = 0
     remaining: float = 0.0
 
 
@@ -282,7 +282,7 @@ class RollbackStarted(Event):
     reason: str = ""
     automatic: bool = True
     index: int = 0
-    weight: int = 0
+    weight: float = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -293,7 +293,7 @@ class RolledBack(Event):
     reason: str = ""
     automatic: bool = True
     index: int = 0
-    from_weight: int = 0
+    from_weight: float = 0
     snapshot: tuple[GateResult, ...] = ()
 
 
@@ -318,7 +318,7 @@ class Promoted(Event):
 class Interrupted(Event):
     kind: ClassVar[str] = "interrupted"
     index: int = 0
-    weight: int = 0
+    weight: float = 0
     signal: str = ""
     resume_command: str = ""
 
@@ -330,7 +330,7 @@ class Failed(Event):
     kind: ClassVar[str] = "failed"
     reason: str = ""
     index: int = 0
-    weight: int = 0
+    weight: float = 0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -34,7 +34,7 @@ class FakeRouter:
     def current_weight(self) -> int | None:
         return self.weight
 
-    async def apply(self, weight: int, generation: str) -> float:
+    async def apply(self, weight: float, generation: str) -> float:
         if weight in self.fail_on:
             raise RouterError("nginx -t failed", detail="nginx: [emerg] host not found", restored_weight=self.weight)
         if weight in self.unconfirmed_on or weight in self.late_on:

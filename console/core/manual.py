@@ -21,7 +21,7 @@ from console.core.protocols import RouterError, TrafficRouter
 from console.core.state import DeploymentState, deployments, unfinished
 
 
-async def router_change(journal: Journal, router: TrafficRouter, weight: int, reason: str, deployment_id: str,
+async def router_change(journal: Journal, router: TrafficRouter, weight: float, reason: str, deployment_id: str,
                         version: str, before: tuple[ev.Event, ...] = (), after: tuple[ev.Event, ...] = (),
                         unverified: str = "") -> float:
     """One journaled router change: ``before`` and the intent in one write, the outcome (and
@@ -67,7 +67,7 @@ def _file_weight(router: TrafficRouter) -> int | None:
 @dataclass(frozen=True)
 class ManualResult:
     deployment_id: str  # "manual" when no deployment is open
-    from_weight: int | None  # what the upstream file said before
+    from_weight: float | None  # what the upstream file said before
     took_s: float
 
 
@@ -81,7 +81,7 @@ def target(records: list[dict], *, or_last: bool = False) -> DeploymentState:
     return dep or DeploymentState(deployment_id="manual")
 
 
-def set_weight(journal_path: Path, router: TrafficRouter, weight: int, operator: ev.Operator) -> ManualResult:
+def set_weight(journal_path: Path, router: TrafficRouter, weight: float, operator: ev.Operator) -> ManualResult:
     """`canary-console weights N`; the caller holds the driver lock."""
     dep = target(list(read_records(journal_path)))
     common = {"deployment_id": dep.deployment_id, "version": dep.version}

@@ -15,7 +15,7 @@ class RouterError(Exception):
 
     reloaded = False  # True when nginx was reloaded with the new file but did not confirm it
 
-    def __init__(self, message: str, detail: str = "", restored_weight: int | None = None) -> None:
+    def __init__(self, message: str, detail: str = "", restored_weight: float | None = None) -> None:
         super().__init__(message)
         self.detail = detail
         self.restored_weight = restored_weight
@@ -44,7 +44,7 @@ class TrafficRouter(Protocol):
     def current_weight(self) -> int | None:
         """The canary weight the managed file says now (None: no file / not ours)."""
 
-    async def apply(self, weight: int, generation: str) -> float:
+    async def apply(self, weight: float, generation: str) -> float:
         """Write, test, reload, and return once the proxy verifiably serves ``weight``.
         Returns the seconds it took.  Raises RouterError: with ``reloaded`` the new file stays
         and nginx may serve it (not confirmed in time); otherwise the old file is back."""
@@ -63,7 +63,7 @@ class CheckContext:
     deployment_id: str
     version: str
     index: int  # stage index
-    weight: int  # canary % now
+    weight: float  # canary % now (whole percents are ints; stages below 1% have one decimal)
     stage_elapsed: float  # observation seconds so far (the clock stops when paused)
     stage_wall_start: float  # clock.monotonic() when the stage's traffic was applied
     min_period: float = 0.0

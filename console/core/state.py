@@ -34,10 +34,10 @@ class DeploymentState:
     deployment_id: str = ""
     version: str = ""
     state: str = STARTING
-    stages: tuple[int, ...] = ()
+    stages: tuple[float, ...] = ()
     index: int = -1  # current stage index; -1 before the first
-    weight: int | None = None  # last weight nginx verifiably served (journal: router_applied)
-    pending_weight: int | None = None  # intent written, outcome not yet (or unconfirmed: the file holds it)
+    weight: float | None = None  # last weight nginx verifiably served (journal: router_applied)
+    pending_weight: float | None = None  # intent written, outcome not yet (or unconfirmed: the file holds it)
     observation_period: float = 0.0
     check_interval: float = 0.0
     elapsed: float = 0.0
@@ -184,7 +184,7 @@ def hosts_confirmed(hosts: Iterable[dict[str, Any]]) -> tuple[int, int, list[str
     return len(hosts) - len(odd), len(hosts), odd
 
 
-def drifted_hosts(weights: dict[str, int | None], truth: RouterTruth | None = None) -> list[str]:
+def drifted_hosts(weights: dict[str, float | None], truth: RouterTruth | None = None) -> list[str]:
     """The hosts of a fleet whose upstream file drifted: it differs from what the journal says
     nginx serves (the last confirmed weight, or a change still unconfirmed), or, with nothing
     journaled, from the other hosts (the odd ones out; a tie makes every host odd).  A host
@@ -232,7 +232,7 @@ def events_of(records: Iterable[dict[str, Any]], deployment_id: str) -> list[ev.
     return out
 
 
-def last_applied_weight(records: Iterable[dict[str, Any]]) -> int | None:
+def last_applied_weight(records: Iterable[dict[str, Any]]) -> float | None:
     """The weight nginx last verifiably served, according to the journal (any deployment)."""
     w = None
     for rec in records:
@@ -251,12 +251,12 @@ class RouterTruth:
     """Where the journal says the traffic is: what nginx last confirmed, and whether a later
     change is still unconfirmed (the file may hold it, nginx may serve it)."""
 
-    confirmed_weight: int | None  # what nginx last verifiably served (None: nothing journaled)
+    confirmed_weight: float | None  # what nginx last verifiably served (None: nothing journaled)
     state: str  # APPLIED | UNCONFIRMED | RESTORED | NO_CHANGE: the outcome of the latest change
-    pending_weight: int | None = None  # UNCONFIRMED: the weight of the change nobody has confirmed
+    pending_weight: float | None = None  # UNCONFIRMED: the weight of the change nobody has confirmed
     detail: str = ""  # UNCONFIRMED: why (the error, or "no outcome journaled": the engine died mid-change)
 
-    def agrees_with(self, file_weight: int | None) -> bool:
+    def agrees_with(self, file_weight: float | None) -> bool:
         """The upstream file holds exactly what nginx last confirmed, and nothing is pending."""
         return self.state != UNCONFIRMED and file_weight is not None and file_weight == self.confirmed_weight
 

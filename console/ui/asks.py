@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from console.core.config import normalize_weight
+
 
 @dataclass(frozen=True)
 class Confirm:
@@ -34,18 +36,19 @@ class KeyHelp:
 # ---------------------------------------------------------------------------- the questions
 def weights(s: Any) -> str:
     w = s.weight
-    return "canary ?% (nothing applied yet)" if w is None else f"canary {w}% / production {100 - w}%"
+    return "canary ?% (nothing applied yet)" if w is None else f"canary {w}% / production {normalize_weight(100 - w)}%"
 
 
 def advance(s: Any, left: float | None) -> Confirm:
     nxt = s.stages[s.index + 1]
     skip = f", skipping {left:.0f}s of observation at {s.stages[s.index]}%" if left else ""
-    return Confirm(f"Advance to {nxt}%?", f"{weights(s)}  →  canary {nxt}% / production {100 - nxt}%{skip}.", "Advance")
+    return Confirm(f"Advance to {nxt}%?", f"{weights(s)}  →  canary {nxt}% / production {normalize_weight(100 - nxt)}%{skip}.",
+                   "Advance")
 
 
 def step_back(s: Any) -> Confirm:
     prev = s.stages[s.index - 1]
-    return Confirm(f"Step back to {prev}%?", f"{weights(s)}  →  canary {prev}% / production {100 - prev}%.",
+    return Confirm(f"Step back to {prev}%?", f"{weights(s)}  →  canary {prev}% / production {normalize_weight(100 - prev)}%.",
                    "Step back", default_yes=True)
 
 

@@ -56,7 +56,7 @@ class HostState:
     """One host as its upstream file says now: for ``status`` and resume."""
 
     name: str
-    weight: int | None  # None: no file, or not one canary-console can read
+    weight: float | None  # None: no file, or not one canary-console can read
     generation: str | None
 
 
@@ -96,7 +96,7 @@ class FleetRouter:
             out.append(HostState(name, r.current_weight(), gen))
         return out
 
-    def current_weight(self) -> int | None:
+    def current_weight(self) -> float | None:
         """The canary % every host's file routes; None when a host has none or they disagree."""
         weights = {h.weight for h in self.host_states()}
         return weights.pop() if len(weights) == 1 else None
@@ -115,7 +115,7 @@ class FleetRouter:
 
     # ---- changing
 
-    async def apply(self, weight: int, generation: str) -> float:
+    async def apply(self, weight: float, generation: str) -> float:
         """Both phases on every host (see the module docstring); the seconds it took."""
         check_weight(weight)
         check_generation(generation)
@@ -132,7 +132,7 @@ class FleetRouter:
         timings["total"] = time.perf_counter() - t0
         return timings["total"]
 
-    async def _stage_all(self, weight: int, generation: str, timings: dict[str, Any],
+    async def _stage_all(self, weight: float, generation: str, timings: dict[str, Any],
                          outcome: dict[str, str]) -> dict[str, Staged]:
         """Phase 1 on every host; on any refusal every written file goes back and nothing reloads."""
         staged: dict[str, Staged] = {}
@@ -159,7 +159,7 @@ class FleetRouter:
         raise _error(f"host {name}: {e}; every host's upstream file is as it was and no host was reloaded",
                      failed, restored_weight=self.current_weight())
 
-    async def _reload_and_confirm(self, weight: int, generation: str, staged: dict[str, Staged],
+    async def _reload_and_confirm(self, weight: float, generation: str, staged: dict[str, Staged],
                                   timings: dict[str, Any], outcome: dict[str, str]) -> None:
         """Phase 2: reload every host at once, and confirm each as soon as it reloaded."""
 
@@ -264,7 +264,7 @@ class FleetRouter:
 
 
 def _error(message: str, failed: dict[str, BaseException], *, reloaded: bool = False,
-           restored_weight: int | None = None) -> RouterError:
+           restored_weight: float | None = None) -> RouterError:
     err = RouterError(message, detail=_details(failed), restored_weight=restored_weight)
     err.reloaded = reloaded  # some host may serve what nobody confirmed
     return err

@@ -44,7 +44,7 @@ class RouterNotVerified(RouterError):
 
     reloaded = True
 
-    def __init__(self, message: str, detail: str = "", restored_weight: int | None = None, answer: str = "") -> None:
+    def __init__(self, message: str, detail: str = "", restored_weight: float | None = None, answer: str = "") -> None:
         super().__init__(message, detail, restored_weight)
         self.answer = answer
 

@@ -7,7 +7,8 @@ Pure functions over text (no I/O).  Why the file looks the way it does:
 * In between the weights are ``100 - w`` and ``w``, and the upstream has a shared ``zone``:
   every worker then walks one smooth weighted round-robin state, so out of every 100
   requests exactly ``w`` reach the canary, however the kernel spreads connections across
-  workers (and the zone is not reused across reloads, so each change starts clean).
+  workers (and the zone is not reused across reloads, so each change starts clean).  A
+  weight with a decimal (0.1) is written per 1000 instead: ``1000 - 10w`` and ``10w``.
 * The file also maps ``$canary_generation`` to an id chosen per change.  A location echoes
   it, and the router polls that location until only the new id comes back.  The location
   is either in nginx.conf (``GENERATION_LOCATION``) or, with ``[nginx] verify_listen``, in a
@@ -18,7 +19,14 @@ from __future__ import annotations
 
 import re
 
-from console.core.config import LOOPBACK_LISTEN_ALLOWED, parse_loopback_listen, routing_problem
+from console.core.config import (
+    LOOPBACK_LISTEN_ALLOWED,
+    WEIGHT_ALLOWED,
+    is_weight,
+    normalize_weight,
+    parse_loopback_listen,
+    routing_problem,
+)
 
 __all__ = [
     "GENERATION_LOCATION",
@@ -57,11 +65,14 @@ _GENERATION = re.compile(r"^[A-Za-z0-9_.:@+-]{1,128}$")
 # --------------------------------------------------------------------------- validation
 
 
-def check_weight(weight: object) -> int:
-    """An int 0..100 (bool is not an int here); ValueError with one clear line otherwise."""
-    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
-        raise ValueError(f"canary weight {weight!r} is not valid; allowed: an integer 0..100")
-    return weight
+def check_weight(weight: object) -> int | float:
+    """A weight as ``normalize_weight`` keeps it: an int 0..100, or a float 0..100 with one
+    decimal that is not whole (0.1, never 5.0; bool is not a number here); ValueError with
+    one clear line otherwise."""
+    n = normalize_weight(weight) if is_weight(weight) else None  # type: ignore[arg-type]
+    if n is None or n != weight or type(n) is not type(weight):
+        raise ValueError(f"canary weight {weight!r} is not valid; allowed: {WEIGHT_ALLOWED} (a whole one as an integer)")
+    return n
 
 
 def check_generation(generation: object) -> str:
@@ -111,10 +122,14 @@ def listen_url(verify_listen: str) -> str:
 
 
 def render_upstream(
-    name: str, production: str, canary: str, weight: int, generation: str, verify_listen: str = "", *,
+    name: str, production: str, canary: str, weight: float, generation: str, verify_listen: str = "", *,
     sticky_key: str = "", override_header: str = "", override_cookie: str = "",
 ) -> str:
     """The whole include file for ``weight`` % canary.  Pure: same input, same bytes.
+
+    A whole weight is written per 100 (``100 - w`` and ``w``), one with a decimal per 1000
+    (``1000 - 10w`` and ``10w``: 0.1% is 999 and 1), so the split is exact per 100 or per 1000
+    requests.
 
     ``verify_listen`` ("host:port" on loopback): the file also defines a ``server`` there
     whose ``location = /__canary/generation`` echoes the same ``$canary_generation``, so
@@ -149,10 +164,11 @@ def render_upstream(
     ]
     if sticky and 0 < weight < 100:
         lines.append(f"    hash {sticky};  # [routing] sticky_key: one key, one version (see below)")
+    total, canary_w = (100, weight) if isinstance(weight, int) else (1000, round(weight * 10))
     if weight < 100:
-        lines.append(f"    server {production} weight={100 - weight};")
+        lines.append(f"    server {production} weight={total - canary_w};")
     if weight > 0:
-        lines.append(f"    server {canary} weight={weight};")
+        lines.append(f"    server {canary} weight={canary_w};")
     lines += [
         "}",
         "",
@@ -229,15 +245,16 @@ def _check_routing(key: str, value: str) -> str:
 _UPSTREAM_BLOCK = re.compile(r"^\s*upstream\s+(\S+)\s*\{(.*?)\}", re.M | re.S)
 _SERVER = re.compile(r"^\s*server\s+(\S+?)((?:\s+[^;\s]+)*)\s*;", re.M)
 _GEN_DEFAULT = re.compile(r'map\s+\S+\s+\$canary_generation\s*\{[^}]*?default\s+"?([^";\s]+)"?\s*;', re.S)
-_HEADER_WEIGHT = re.compile(r"^# canary-weight: (\d{1,3})$", re.M)
+_HEADER_WEIGHT = re.compile(r"^# canary-weight: (\d{1,3}(?:\.\d)?)$", re.M)
 
 
 def _strip_comments(text: str) -> str:
     return re.sub(r"#[^\n]*", "", text)
 
 
-def weight_of(text: str, name: str, production: str, canary: str) -> int | None:
-    """The canary % an upstream file routes, read from its ``server`` lines (not the comment).
+def weight_of(text: str, name: str, production: str, canary: str) -> int | float | None:
+    """The canary % an upstream file routes, read from its ``server`` lines (not the comment),
+    to one decimal (``normalize_weight``): a per-1000 file (999/1) reads back as 0.1 exactly.
 
     Works for the seed's hand-written files too.  None when the upstream is missing, names a
     server that is neither production nor canary, or has no live server.
@@ -266,16 +283,16 @@ def weight_of(text: str, name: str, production: str, canary: str) -> int | None:
         total = prod_w + canary_w
         if total <= 0:
             return None
-        return round(100 * canary_w / total)
+        return normalize_weight(round(1000 * canary_w / total) / 10)
     return None
 
 
-def header_weight(text: str) -> int | None:
+def header_weight(text: str) -> int | float | None:
     """The weight our own header records: the truth about a file we wrote for other addresses."""
     if not text.startswith(HEADER):
         return None
     m = _HEADER_WEIGHT.search(text)
-    return int(m.group(1)) if m and int(m.group(1)) <= 100 else None
+    return normalize_weight(float(m.group(1))) if m and float(m.group(1)) <= 100 else None
 
 
 def generation_of(text: str) -> str | None:

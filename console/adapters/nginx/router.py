@@ -81,7 +81,7 @@ class PreflightFailed(RouterError):
     byte for byte what it was (put back and reloaded if it had been changed), so
     ``restored_weight`` is the weight it routes.  ``answer``: what came back, in a few words."""
 
-    def __init__(self, message: str, detail: str = "", restored_weight: int | None = None, answer: str = "") -> None:
+    def __init__(self, message: str, detail: str = "", restored_weight: float | None = None, answer: str = "") -> None:
         super().__init__(message, detail, restored_weight)
         self.answer = answer
 
@@ -94,7 +94,7 @@ class Staged:
     mode: int
     owner: tuple[int, int] | None
     what: str  # "25%", for messages
-    old_weight: int | None = None  # what ``old`` routes (None: no file, or not ours)
+    old_weight: float | None = None  # what ``old`` routes (None: no file, or not ours)
     old_generation: str | None = None
 
 
@@ -188,14 +188,14 @@ class NginxRouter:
         except FileNotFoundError:
             return None
 
-    def _weight_in(self, data: bytes | None) -> int | None:
+    def _weight_in(self, data: bytes | None) -> float | None:
         if data is None:
             return None
         text = data.decode(errors="replace")
         found = weight_of(text, self.upstream_name, self.production, self.canary)
         return found if found is not None else header_weight(text)
 
-    def current_weight(self) -> int | None:
+    def current_weight(self) -> float | None:
         """The canary % the managed file routes now (None: no file, or not an upstream of ours).
 
         Read from the ``server`` lines for our addresses; a file this console wrote for other
@@ -209,13 +209,13 @@ class NginxRouter:
         data = self._read()
         return generation_of(data.decode(errors="replace")) if data is not None else None
 
-    def render(self, weight: int, generation: str) -> str:
+    def render(self, weight: float, generation: str) -> str:
         return render_upstream(self.upstream_name, self.production, self.canary, weight, generation, self.verify_listen,
                                **self.routing)
 
     # ---- changing
 
-    async def apply(self, weight: int, generation: str) -> float:
+    async def apply(self, weight: float, generation: str) -> float:
         """Write, ``nginx -t``, reload, verify; the seconds it took.  See the module docstring."""
         check_weight(weight)
         check_generation(generation)
@@ -383,7 +383,7 @@ class NginxRouter:
         old = self._read()
         return self._staged(old, "the file as it was", *self._mode_owner(old))
 
-    async def stage(self, weight: int, generation: str, timings: dict[str, float] | None = None) -> Staged:
+    async def stage(self, weight: float, generation: str, timings: dict[str, float] | None = None) -> Staged:
         """Phase 1: write the file for ``weight`` and ``nginx -t`` it, no reload.  On a refusal the
         old bytes are back and RouterError is raised.  The caller holds the fleet's lock."""
         check_weight(weight)
