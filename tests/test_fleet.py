@@ -186,7 +186,7 @@ def test_a_host_that_stops_answering_during_confirmation_puts_every_host_back(tm
     assert exact_at(fleet, 5) == {h.name: expect(5) for h in fleet.hosts}
 
 
-def test_a_hand_edited_host_is_named_by_status_resume_and_the_preflight(tmp_path, fleet):
+def test_a_hand_edited_host_is_named_by_status_watch_resume_and_the_preflight(tmp_path, fleet):
     cfg = fleet.write_toml(tmp_path / "canary.toml")
     dep = {"deployment_id": "v0.2.0-fleet", "version": "v0.2.0"}
     with Journal(cfg.parent / ".canary" / "journal.jsonl") as j:  # an unfinished deployment at 5%
@@ -204,6 +204,9 @@ def test_a_hand_edited_host_is_named_by_status_resume_and_the_preflight(tmp_path
         ("edge-1", 5, False), ("edge-2", 25, True), ("edge-3", 5, False)]
     out = run(cfg, "status").stdout
     assert "DRIFTED: edge-2" in out and "drifted: edge-2" in out, out
+
+    r = run(cfg, "watch")  # no terminal here: it names the drift before saying it needs one
+    assert r.stderr.splitlines()[0] == "canary-console: DRIFTED: edge-2 (canary 25%)", r.stderr
 
     r = run(cfg, "deploy", "--version", "v0.2.0", "--resume", "--headless")
     assert r.returncode == ExitCode.PRECONDITION, r.stdout + r.stderr

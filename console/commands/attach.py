@@ -122,6 +122,19 @@ def _offer(cfg: Any, dep: DeploymentState, records: list[dict[str, Any]]) -> int
     return ExitCode.INTERRUPTED
 
 
+def _drift(cfg: Any) -> str:
+    """A fleet host whose upstream file differs from the journal or from the others, named ("" when none)."""
+    if not cfg.nginx_hosts:
+        return ""
+    from console.core.state import drifted_hosts, router_truth
+    from console.wiring import build_router
+
+    weights = {h.name: h.weight for h in build_router(cfg).host_states()}
+    drifted = drifted_hosts(weights, router_truth(read_records(cfg.journal_path)))
+    return ("DRIFTED: " + ", ".join(f"{n} (canary {weights[n]}%)" if weights[n] is not None else f"{n} (no readable file)"
+                                    for n in drifted)) if drifted else ""
+
+
 def run_watch(args: argparse.Namespace, cfg: Any) -> int:
     """`canary-console watch`: the read-only console following the journal (the driver's engine
     writes every event there, fsynced, before acting on it).  Nothing here can move traffic."""
@@ -131,13 +144,16 @@ def run_watch(args: argparse.Namespace, cfg: Any) -> int:
     link = JournalFollowLink(cfg.journal_path)
     lp = lock_path_for(cfg.journal_path)
     driver = describe_holder(read_holder(lp)) if is_held(lp) else "nobody holds the lock"
+    drift = _drift(cfg)
+    if drift:
+        err(drift)  # before the console takes the screen (and in its note)
     if not sys.stdout.isatty():
         err(f"watch needs a terminal; for a one-off view use `canary-console status` ({driver})")
         return ExitCode.USAGE
     from console.ui.run import run_console
     from console.ui.sources import specs_from_config
 
-    note = f"watching {cfg.journal_path} (read-only); driver: {driver}"
+    note = f"watching {cfg.journal_path} (read-only); driver: {driver}" + (f"; {drift}" if drift else "")
     run_console(link, log_sources=specs_from_config(cfg), metrics_note=note,
                 log_max_lines=int(cfg["console"]["log_max_lines"]))
     return ExitCode.OK
