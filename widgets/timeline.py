@@ -24,6 +24,7 @@ class TimelineView:
     status: str = ""  # "observing 5%: 04:12 left" / "HOLDING: why" / "ROLLED BACK: why"
     level: str = "info"  # info | warning | error: how the status line is styled
     entries: tuple[tuple[str, str, str], ...] = ()  # (time, text, level), newest last
+    shadow: str = ""  # the shadow stage's mark (DONE/CURRENT/PENDING/FAILED), shown first; "" = none
 
 
 def stage_marks(stages: tuple[float, ...], index: int, passed: tuple[int, ...], failed_index: int | None,
@@ -84,10 +85,12 @@ class StageTimeline(LinesWidget):
         width = max(20, width)
         bar_w = 10 if width >= 70 else 6
         first = Text(no_wrap=True, overflow="ellipsis")
-        for i, (pct, mark) in enumerate(zip(v.stages, v.marks, strict=False)):
+        cells = [("shadow", v.shadow)] if v.shadow and v.stages else []
+        cells += [(f"{pct}%", mark) for pct, mark in zip(v.stages, v.marks, strict=False)]
+        for i, (label, mark) in enumerate(cells):
             if i:
                 first.append(" ─ ", self.get_component_rich_style("timeline--muted"))
-            first.append(f"{MARK[mark]} {pct}%", self.get_component_rich_style(f"timeline--{mark}"))
+            first.append(f"{MARK[mark]} {label}", self.get_component_rich_style(f"timeline--{mark}"))
             if mark == CURRENT and v.progress is not None:
                 filled = round(v.progress * bar_w)
                 first.append(" " + "█" * filled + "░" * (bar_w - filled), self.get_component_rich_style("timeline--bar"))

@@ -28,7 +28,7 @@ from typing import Any
 
 from console.adapters.logtail import FileTail
 from console.adapters.nginx.render import generation_of
-from console.core.events import GateResult
+from console.core.events import INCONCLUSIVE, GateResult
 from console.core.protocols import CheckContext
 from console.core.split import GATE, SplitCounter, SplitPolicy, judge_split, split_error
 
@@ -160,6 +160,9 @@ class SplitChecker:
     async def check(self, ctx: CheckContext) -> Sequence[GateResult]:
         generation = ctx.generation or self.file_generation()  # one small local file, like current_weight()
         await self._read()
+        if ctx.shadow:  # the mirror's copies are subrequests: the access log has no served canary share to judge
+            return [GateResult(GATE, INCONCLUSIVE, threshold=0.0, window="gen", samples=0, blocking=False,
+                               detail="shadow stage: the canary serves no user", extra={"generation": generation})]
         if self._problem:
             return [split_error(self._problem, ctx.weight)]
         if not generation:

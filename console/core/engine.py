@@ -19,7 +19,7 @@ from typing import Any
 
 from console.core import events as ev
 from console.core.clock import Clock, RealClock
-from console.core.events import ERROR, FAIL, PASS, GateResult, Intent, Operator
+from console.core.events import ERROR, FAIL, PASS, SHADOW_INDEX, GateResult, Intent, Operator
 from console.core.exits import ExitCode
 from console.core.journal import Journal
 from console.core.protocols import CheckContext, Checker, HealthProbe, HealthResult, RouterError, TrafficRouter
@@ -43,6 +43,7 @@ class Settings:
     health_timeout: float = 5.0
     dry_run: bool = False
     stay_at_100: bool = False  # keep checking at 100% until promote / rollback / stop
+    shadow_period: float = 0.0  # a shadow stage before stage 1 (nginx mirrors every request to the canary); 0 = none
 
     @classmethod
     def from_config(cls, cfg: Any, **over: Any) -> Settings:
@@ -56,6 +57,7 @@ class Settings:
             on_metrics_unavailable=g["on_metrics_unavailable"],
             unavailable_after=g["unavailable_after"],
             min_stage_time=r["min_stage_time"],
+            shadow_period=r.get("shadow_period", 0.0),
             canary_health_url=cfg["health"]["canary_url"],
             health_timeout=cfg["health"]["timeout"],
         )
@@ -252,6 +254,7 @@ class Engine:
             resumed=self.resumed,
             engine_pid=os.getpid(),
             engine_host=socket.gethostname(),
+            shadow_period=s.shadow_period,
         )
         for level, message in self.startup_notes:
             self.note(level, message)
@@ -280,6 +283,8 @@ class Engine:
         if not await self._precheck():
             return ExitCode.PRECONDITION
         idx = self.start_index
+        if self._shadow_first():
+            await self._shadow_stage()
         while True:
             await self._begin_stage(idx)  # before the traffic moves: latency edges, the stage's MDE
             self._take_urgent()  # a rollback or interrupt queued meanwhile wins over raising the traffic
@@ -303,6 +308,28 @@ class Engine:
                 idx += 1
             else:  # "back"
                 idx -= 1
+
+    def _shadow_first(self) -> bool:
+        """A shadow stage runs before stage 1 when configured, unless a resumed deployment already
+        serves users from the canary (it got past the shadow stage)."""
+        if self.s.shadow_period <= 0 or self.start_index != 0:
+            return False
+        return not self.resumed or not self._file_weight()
+
+    async def _shadow_stage(self) -> None:
+        """Weight 0 with nginx mirroring every request to the canary (answers discarded), observed
+        for ``shadow_period`` with every check; a rollback from here writes 0% without the mirror
+        before any user was served by the canary.  Returns when the stage passed."""
+        s = self.s
+        self._take_urgent()
+        try:
+            await self._set_weight(0, "shadow stage: mirror every request to the canary", shadow=True)
+        except RouterError as e:
+            what = "was not confirmed" if e.reloaded else "failed"
+            raise _Rollback(f"router: the change to the shadow stage {what}: {e}", automatic=True) from None
+        self.emit(ev.StageStarted, index=SHADOW_INDEX, weight=0, total=len(s.stages), observation_period=s.shadow_period,
+                  min_period=s.min_stage_time, shadow=True)
+        await self._observe(SHADOW_INDEX)  # "next" ("back" is refused at the shadow stage)
 
     async def _begin_stage(self, idx: int) -> None:
         """Checkers that prepare per stage (the analysis' MDE, the scrape sampler) say so in notes."""
@@ -374,20 +401,22 @@ class Engine:
         self.emit(ev.RouterApplied, weight=weight or 0, generation=gen, duration_ms=round(took * 1000, 2))
         return True
 
-    async def _set_weight(self, weight: float, reason: str, accept_late: bool = False) -> None:
+    async def _set_weight(self, weight: float, reason: str, accept_late: bool = False, shadow: bool = False) -> None:
         """Move the traffic and journal it: the intent, then applied or failed (with what the file
         holds and whether nginx confirmed it).  RouterError when nginx did not confirm in time,
-        unless ``accept_late`` and a last probe sees the change after all (the rollback's 0%)."""
+        unless ``accept_late`` and a last probe sees the change after all (the rollback's 0%).
+        ``shadow``: the shadow stage's mirror on; every other change (a rollback too) turns it off."""
         previous = self._weight if self._weight is not None else self.router.current_weight()
         gen = f"{self.deployment_id}:{os.urandom(3).hex()}"
-        self.emit(ev.RouterIntent, weight=weight, previous_weight=previous, generation=gen, reason=reason)
+        self.emit(ev.RouterIntent, weight=weight, previous_weight=previous, generation=gen, reason=reason, shadow=shadow)
         if self.s.dry_run:
-            self.emit(ev.RouterApplied, weight=weight, generation=gen, duration_ms=0.0)
+            self.emit(ev.RouterApplied, weight=weight, generation=gen, duration_ms=0.0, shadow=shadow)
             self._weight = weight
             return
         self._generations[gen] = weight
         try:
-            took = await asyncio.shield(self.router.apply(weight, gen))
+            # only the shadow stage passes ``shadow``: a router without a mirror never sees it
+            took = await asyncio.shield(self.router.apply(weight, gen, shadow=True) if shadow else self.router.apply(weight, gen))
         except RouterError as e:
             detail = f"{e}: {e.detail}".strip(": ") if e.detail else str(e)
             file_weight = self._file_weight()
@@ -399,7 +428,7 @@ class Engine:
                 return
             raise
         self._weight, self._generation = weight, gen
-        self.emit(ev.RouterApplied, weight=weight, generation=gen, duration_ms=round(took * 1000, 2),
+        self.emit(ev.RouterApplied, weight=weight, generation=gen, duration_ms=round(took * 1000, 2), shadow=shadow,
                   hosts=getattr(self.router, "last_hosts", tuple)())  # a fleet: each host's outcome
 
     def _file_weight(self) -> float | None:
@@ -448,7 +477,8 @@ class Engine:
     async def _observe(self, idx: int) -> str:
         s = self.s
         now = self.clock.monotonic()
-        st = _Stage(index=idx, weight=s.stages[idx], period=s.observation_period, limit=s.observation_period, started=now)
+        weight, period = (0, s.shadow_period) if idx == SHADOW_INDEX else (s.stages[idx], s.observation_period)
+        st = _Stage(index=idx, weight=weight, period=period, limit=period, started=now)
         last_tick = now
         next_check = now + s.check_interval
         while True:
@@ -507,6 +537,9 @@ class Engine:
             self.emit(ev.StagePassed, index=st.index, weight=st.weight, reason=f"advanced by {it.operator.label()}")
             return "next"
         if a == "step_back":
+            if st.index == SHADOW_INDEX:
+                self._act(it, False, "the shadow stage is the first: use rollback to stop mirroring")
+                return None
             if st.index == 0:
                 self._act(it, False, "already at the first stage: use rollback to go to 0%")
                 return None
@@ -596,7 +629,7 @@ class Engine:
         ctx = CheckContext(
             deployment_id=self.deployment_id, version=self.version, index=st.index, weight=st.weight,
             stage_elapsed=st.elapsed, stage_wall_start=st.started, min_period=s.min_stage_time,
-            generation=self._generation,
+            generation=self._generation, shadow=st.index == SHADOW_INDEX,
         )
         results = await self._preemptible(self._run_checks(ctx))
         st.checks += 1
@@ -700,7 +733,7 @@ class Engine:
     # ------------------------------------------------------------------ rollback
     async def _rollback(self, reason: str, automatic: bool) -> int:
         """0% canary first; then the reason and the snapshot."""
-        idx = max(self.state.index, 0)
+        idx = SHADOW_INDEX if self.state.shadow else max(self.state.index, 0)
         from_weight = self._weight if self._weight is not None else (self.state.weight or 0)
         last_error = ""
         for attempt in range(ROLLBACK_ATTEMPTS):

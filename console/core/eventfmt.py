@@ -15,6 +15,10 @@ def _gates(results: tuple[ev.GateResult, ...]) -> str:
     return " ".join(out)
 
 
+def _stage(index: int) -> str:
+    return "shadow stage" if index == ev.SHADOW_INDEX else f"stage {index + 1}"
+
+
 def format_event(e: ev.Event) -> str:
     t = e.ts[11:19] if len(e.ts) >= 19 else e.ts
     dry = " (dry run)" if e.dry_run else ""
@@ -34,6 +38,8 @@ def format_event(e: ev.Event) -> str:
         case ev.RouterFailed():
             held = "" if e.file_weight is None else f"; the upstream file holds canary {e.file_weight}%"
             body = f"router: FAILED to set {e.weight}% ({e.outcome or 'failed'}{held}): {e.error}"
+        case ev.StageStarted() if e.shadow:
+            body = f"shadow stage: 0% canary, every request mirrored to it, observing {e.observation_period:g}s"
         case ev.StageStarted():
             body = f"stage {e.index + 1}/{e.total}: {e.weight}% canary, observing {e.observation_period:g}s"
         case ev.CheckCompleted():
@@ -43,9 +49,9 @@ def format_event(e: ev.Event) -> str:
             if e.decision != "continue":
                 body += f" -> {e.decision}"
         case ev.StageExtended():
-            body = f"stage {e.index + 1} extended to {e.until:g}s: {e.reason}"
+            body = f"{_stage(e.index)} extended to {e.until:g}s: {e.reason}"
         case ev.StagePassed():
-            body = f"stage {e.index + 1} ({e.weight}%) passed: {e.reason}"
+            body = f"{_stage(e.index)} ({e.weight}%) passed: {e.reason}"
         case ev.Holding():
             body = f"HOLDING at {e.weight}%: {e.reason}"
         case ev.OperatorAction():

@@ -26,6 +26,9 @@ INCONCLUSIVE = "inconclusive"
 ERROR = "error"
 VERDICTS = (PASS, FAIL, INCONCLUSIVE, ERROR)
 
+# the stage index of the shadow stage ([rollout] shadow_period): before stage 1 (index 0)
+SHADOW_INDEX = -1
+
 
 def utc_now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -155,6 +158,7 @@ class DeploymentStarted(Event):
     resumed: bool = False
     engine_pid: int = 0
     engine_host: str = ""
+    shadow_period: float = 0.0  # [rollout] shadow_period: a shadow stage comes first (0 = none)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,6 +170,7 @@ class RouterIntent(Event):
     previous_weight: float | None = None
     generation: str = ""
     reason: str = ""
+    shadow: bool = False  # the shadow stage: nginx also mirrors every request to the canary
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,6 +182,7 @@ class RouterApplied(Event):
     generation: str = ""
     duration_ms: float = 0.0
     late: bool = False  # confirmed after the change had been reported unconfirmed (the probe saw it later)
+    shadow: bool = False  # the shadow stage: nginx also mirrors every request to the canary
     # a fleet ([[nginx.hosts]]): each host's outcome, {name, weight, generation, outcome}; () = one nginx
     hosts: tuple[dict[str, Any], ...] = ()
 
@@ -199,11 +205,12 @@ class RouterFailed(Event):
 @dataclass(frozen=True, kw_only=True)
 class StageStarted(Event):
     kind: ClassVar[str] = "stage_started"
-    index: int = 0
+    index: int = 0  # SHADOW_INDEX (-1) for the shadow stage
     weight: float = 0
     total: int = 0
     observation_period: float = 0.0
     min_period: float = 0.0
+    shadow: bool = False  # the shadow stage: weight 0, every request mirrored to the canary
 
 
 @dataclass(frozen=True, kw_only=True)

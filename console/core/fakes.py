@@ -24,6 +24,8 @@ class FakeRouter:
                  late_on: Sequence[int] = (), preflight_error: RouterError | None = None) -> None:
         self.weight = weight
         self.applied: list[int] = []
+        self.shadows: list[bool] = []  # the ``shadow`` of each applied change, beside ``applied``
+        self.shadow = False  # the mirror is on (the shadow stage)
         self.fail_on = set(fail_on)
         self.unconfirmed_on = set(unconfirmed_on)
         self.late_on = set(late_on)
@@ -34,7 +36,7 @@ class FakeRouter:
     def current_weight(self) -> int | None:
         return self.weight
 
-    async def apply(self, weight: float, generation: str) -> float:
+    async def apply(self, weight: float, generation: str, shadow: bool = False) -> float:
         if weight in self.fail_on:
             raise RouterError("nginx -t failed", detail="nginx: [emerg] host not found", restored_weight=self.weight)
         if weight in self.unconfirmed_on or weight in self.late_on:
@@ -46,6 +48,8 @@ class FakeRouter:
             raise err
         self.weight = weight
         self.applied.append(weight)
+        self.shadows.append(shadow)
+        self.shadow = shadow
         self.served = generation
         return 0.001
 

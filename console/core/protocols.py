@@ -44,8 +44,10 @@ class TrafficRouter(Protocol):
     def current_weight(self) -> int | None:
         """The canary weight the managed file says now (None: no file / not ours)."""
 
-    async def apply(self, weight: float, generation: str) -> float:
+    async def apply(self, weight: float, generation: str, shadow: bool = False) -> float:
         """Write, test, reload, and return once the proxy verifiably serves ``weight``.
+        ``shadow``: the shadow stage, in which the proxy also mirrors every request to the canary
+        (its answers discarded); False turns the mirror off.
         Returns the seconds it took.  Raises RouterError: with ``reloaded`` the new file stays
         and nginx may serve it (not confirmed in time); otherwise the old file is back."""
 
@@ -69,6 +71,7 @@ class CheckContext:
     min_period: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
     generation: str = ""  # the router generation the stage's traffic was applied under ("" = not told)
+    shadow: bool = False  # the shadow stage: the canary gets a mirrored copy of every request, serves no user
 
 
 class Checker(Protocol):

@@ -35,7 +35,9 @@ class DeploymentState:
     version: str = ""
     state: str = STARTING
     stages: tuple[float, ...] = ()
-    index: int = -1  # current stage index; -1 before the first
+    index: int = -1  # current stage index; -1 before the first (and during the shadow stage)
+    shadow: bool = False  # in the shadow stage now (weight 0, every request mirrored to the canary)
+    shadow_period: float = 0.0  # [rollout] shadow_period of this deployment (0 = no shadow stage)
     weight: float | None = None  # last weight nginx verifiably served (journal: router_applied)
     pending_weight: float | None = None  # intent written, outcome not yet (or unconfirmed: the file holds it)
     observation_period: float = 0.0
@@ -76,6 +78,8 @@ class DeploymentState:
         return self.state in (STARTING, OBSERVING, PAUSED, HOLDING, ROLLING_BACK, AT_100)
 
     def stage_label(self) -> str:
+        if self.shadow:
+            return "shadow (0%)"
         if self.index < 0 or not self.stages:
             return "-"
         return f"{self.index + 1}/{len(self.stages)} ({self.stages[self.index]}%)"
@@ -97,6 +101,7 @@ def apply(s: DeploymentState, e: ev.Event) -> DeploymentState:
             dry_run=e.dry_run,
             engine_pid=e.engine_pid,
             engine_host=e.engine_host,
+            shadow_period=e.shadow_period,
         )
     if isinstance(e, ev.RouterIntent):
         if e.reason.startswith("rollback"):
@@ -114,6 +119,7 @@ def apply(s: DeploymentState, e: ev.Event) -> DeploymentState:
             s,
             state=OBSERVING,
             index=e.index,
+            shadow=e.shadow,
             observation_period=e.observation_period,
             elapsed=0.0,
             remaining=e.observation_period,

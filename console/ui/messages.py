@@ -109,7 +109,8 @@ def translate(e: ev.Event) -> list[Message]:
         case ev.Holding():
             out.append(Milestone(f"holding at {e.weight}%: {e.reason}. Press p to resume, r to roll back.", "warning"))
         case ev.StagePassed():
-            out.append(Milestone(f"stage {e.index + 1} ({e.weight}%) passed"))
+            shadow = e.index == ev.SHADOW_INDEX
+            out.append(Milestone("shadow stage passed" if shadow else f"stage {e.index + 1} ({e.weight}%) passed"))
         case ev.Completed():
             out.append(Milestone("canary at 100%: press P to promote, r to roll back"))
         case ev.Promoted():

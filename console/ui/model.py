@@ -159,7 +159,7 @@ def timeline_entry(e: ev.Event) -> Entry | None:
             return Entry(t, f"{who}: {e.action}{verdict}" + (f" ({e.detail})" if e.detail else ""),
                          "info" if e.accepted else "warning")
         case ev.StagePassed():
-            return Entry(t, f"stage {e.index + 1} ({e.weight}%) passed")
+            return Entry(t, "shadow stage passed" if e.index == ev.SHADOW_INDEX else f"stage {e.index + 1} ({e.weight}%) passed")
         case ev.Holding():
             return Entry(t, f"holding at {e.weight}%: {e.reason}", "warning")
         case ev.RolledBack():

@@ -6,14 +6,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from console.core import state as st
-from console.core.events import GateResult
+from console.core.events import SHADOW_INDEX, GateResult
 from console.core.state import DeploymentState
 from console.ui.asks import KeyHelp
 from console.ui.model import ConsoleModel
 from widgets.decision import GateRow
 from widgets.header_bar import HeaderInfo, fmt_countdown
 from widgets.sparklines import SeriesRow
-from widgets.timeline import TimelineView, stage_marks
+from widgets.timeline import CURRENT, DONE, FAILED, PENDING, TimelineView, stage_marks
 
 MODE_ORDER = ("fast", "balanced", "creative")
 
@@ -21,6 +21,8 @@ MODE_ORDER = ("fast", "balanced", "creative")
 def header_info(model: ConsoleModel, role: str, version: str = "", link: str = "") -> HeaderInfo:
     s = model.state
     stage = "-" if s.index < 0 or not s.stages else f"stage {s.index + 1}/{len(s.stages)} {s.stages[s.index]}%"
+    if s.shadow:
+        stage = "shadow stage 0%"
     weight = ""
     if s.weight is not None:
         weight = f"canary {s.weight}%" + (f"→{s.pending_weight}%" if s.pending_weight is not None else "")
@@ -100,10 +102,17 @@ def timeline_view(model: ConsoleModel) -> TimelineView:
     if s.state == st.FAILED and failed is None and s.index >= 0:
         failed = s.index
     marks = stage_marks(s.stages, s.index, s.passed, failed, finished_ok)
+    shadow = ""  # the shadow stage's mark, before stage 1 ("" = no shadow stage)
+    if s.shadow_period > 0:
+        shadow = FAILED if failed == SHADOW_INDEX else CURRENT if s.shadow and failed is None and s.live else DONE if (
+            s.index >= 0 or finished_ok) else PENDING
     text, level = status_line(model)
     progress = model.progress() if s.state in (st.OBSERVING, st.PAUSED, st.HOLDING) else None
     entries = tuple((e.ts, e.text, e.level) for e in model.timeline)
-    return TimelineView(stages=s.stages, marks=marks, progress=progress, status=text, level=level, entries=entries)
+    if s.shadow and shadow != CURRENT:
+        progress = None
+    return TimelineView(stages=s.stages, marks=marks, progress=progress, status=text, level=level, entries=entries,
+                        shadow=shadow)
 
 
 def gate_results(results: tuple[object, ...]) -> list[GateResult]:

@@ -115,8 +115,9 @@ class FleetRouter:
 
     # ---- changing
 
-    async def apply(self, weight: float, generation: str) -> float:
-        """Both phases on every host (see the module docstring); the seconds it took."""
+    async def apply(self, weight: float, generation: str, shadow: bool = False) -> float:
+        """Both phases on every host (see the module docstring); the seconds it took.  ``shadow``:
+        the shadow stage, on every host (a change of the mirror alone is a change like any other)."""
         check_weight(weight)
         check_generation(generation)
         t0 = time.perf_counter()
@@ -125,7 +126,7 @@ class FleetRouter:
         async with self._lock:
             outcome: dict[str, str] = {}
             try:
-                staged = await self._stage_all(weight, generation, timings, outcome)
+                staged = await self._stage_all(weight, generation, timings, outcome, shadow)
                 await self._reload_and_confirm(weight, generation, staged, timings, outcome)
             finally:
                 self._record(outcome)
@@ -133,12 +134,12 @@ class FleetRouter:
         return timings["total"]
 
     async def _stage_all(self, weight: float, generation: str, timings: dict[str, Any],
-                         outcome: dict[str, str]) -> dict[str, Staged]:
+                         outcome: dict[str, str], shadow: bool = False) -> dict[str, Staged]:
         """Phase 1 on every host; on any refusal every written file goes back and nothing reloads."""
         staged: dict[str, Staged] = {}
 
         async def one(name: str, r: NginxRouter) -> None:
-            staged[name] = await r.stage(weight, generation, timings[name])
+            staged[name] = await r.stage(weight, generation, timings[name], shadow=shadow)
 
         try:
             failed = await self._each(one)

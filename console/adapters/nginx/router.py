@@ -121,6 +121,7 @@ class NginxRouter:
         *,
         verify_listen: str = "",
         routing: dict[str, str] | None = None,
+        shadow_stage: bool = False,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
         verify_hits: int = DEFAULT_VERIFY_HITS,
         verify_interval: float = DEFAULT_VERIFY_INTERVAL,
@@ -139,6 +140,8 @@ class NginxRouter:
         # [routing]: sticky_key, override_header, override_cookie (render_upstream checks them)
         self.routing = {k: v for k, v in (routing or {}).items() if v}
         render_upstream(self.upstream_name, self.production, self.canary, 0, "check", **self.routing)
+        # [rollout] shadow_period > 0: every file maps $canary_shadow (nginx.conf's mirror location reads it)
+        self.shadow_stage = bool(shadow_stage)
         if verify_url:
             parse_http_url(verify_url)
         self.verify_url = verify_url
@@ -178,6 +181,7 @@ class NginxRouter:
             verify_timeout=n["verify_timeout"],
             verify_listen=n["verify_listen"],
             routing=dict(cfg["routing"]),
+            shadow_stage=cfg["rollout"]["shadow_period"] > 0,
         )
 
     # ---- reading
@@ -209,14 +213,17 @@ class NginxRouter:
         data = self._read()
         return generation_of(data.decode(errors="replace")) if data is not None else None
 
-    def render(self, weight: float, generation: str) -> str:
+    def render(self, weight: float, generation: str, shadow: bool = False) -> str:
+        if shadow and not self.shadow_stage:
+            raise ValueError("a shadow stage needs [rollout] shadow_period > 0 (the file then maps $canary_shadow)")
         return render_upstream(self.upstream_name, self.production, self.canary, weight, generation, self.verify_listen,
-                               **self.routing)
+                               **self.routing, shadow=shadow if self.shadow_stage else None)
 
     # ---- changing
 
-    async def apply(self, weight: float, generation: str) -> float:
-        """Write, ``nginx -t``, reload, verify; the seconds it took.  See the module docstring."""
+    async def apply(self, weight: float, generation: str, shadow: bool = False) -> float:
+        """Write, ``nginx -t``, reload, verify; the seconds it took.  See the module docstring.
+        ``shadow``: the shadow stage (nginx.conf's mirror copies every request to the canary)."""
         check_weight(weight)
         check_generation(generation)
         t0 = time.perf_counter()
@@ -224,7 +231,8 @@ class NginxRouter:
         self.last_timings = timings
         async with self._lock:
             old = self._read()
-            await self._swap(self.render(weight, generation).encode(), old, f"{weight}%", RouterError, t0, timings)
+            await self._swap(self.render(weight, generation, shadow).encode(), old, _what(weight, shadow), RouterError,
+                             t0, timings)
             if self.verify_url:
                 # the reload was signalled: on a timeout the new file stays (RouterNotVerified)
                 await self._verify(generation, timings)
@@ -383,12 +391,13 @@ class NginxRouter:
         old = self._read()
         return self._staged(old, "the file as it was", *self._mode_owner(old))
 
-    async def stage(self, weight: float, generation: str, timings: dict[str, float] | None = None) -> Staged:
+    async def stage(self, weight: float, generation: str, timings: dict[str, float] | None = None,
+                    shadow: bool = False) -> Staged:
         """Phase 1: write the file for ``weight`` and ``nginx -t`` it, no reload.  On a refusal the
         old bytes are back and RouterError is raised.  The caller holds the fleet's lock."""
         check_weight(weight)
         check_generation(generation)
-        return await self._write_and_test(self.render(weight, generation).encode(), self._read(), f"{weight}%",
+        return await self._write_and_test(self.render(weight, generation, shadow).encode(), self._read(), _what(weight, shadow),
                                           RouterError, time.perf_counter(), {} if timings is None else timings)
 
     async def reload(self, staged: Staged, timings: dict[str, float] | None = None) -> None:
@@ -444,6 +453,10 @@ class NginxRouter:
             remove_durably(self.upstream_file)
         else:
             write_atomic(self.upstream_file, old, mode, owner)
+
+
+def _what(weight: float, shadow: bool) -> str:
+    return f"{weight}% (shadow stage)" if shadow else f"{weight}%"
 
 
 def first_error_line(out: str) -> str:
