@@ -108,3 +108,31 @@ def test_example_config_documents_every_custom_gate_key():
     assert len(tables) == 1 and set(tables[0]) == set(KEYS)
     (gate,) = parse_custom_gates(tables, where="canary.toml.example", source="prometheus", min_requests=20)
     assert gate.gate == "custom.p95" and gate.relative
+
+
+def test_versions_are_ascii_v_digits_and_dots_without_a_trailing_newline() -> None:
+    from console.core.config import VERSION_RE
+
+    assert VERSION_RE.match("v0.2.0") and VERSION_RE.match("v10.20.30")
+    for bad in ("v0.2.0\n", "v٥.0.0", "v1.0." + "0" * 64, "0.2.0", "v0.2", "v0.2.0 ", "v0.2.0\x00"):
+        assert not VERSION_RE.match(bad), bad
+
+
+def test_one_range_rule_for_numbers_from_the_file_and_the_environment(tmp_path) -> None:
+    import pytest
+
+    from console.core.config import ConfigError, load_config
+
+    toml = tmp_path / "canary.toml"
+    for body, where, name in [("[metrics]\nmin_requests = -5\n", str(toml), "[metrics] min_requests"),
+                              ("[health]\ntimeout = 0\n", str(toml), "[health] timeout"),
+                              ("[gates]\nerror_rate = nan\n", str(toml), "[gates] error_rate"),
+                              ("[analysis]\ngrid = [1.5, -2]\n", str(toml), "[analysis] grid")]:
+        toml.write_text(body)
+        with pytest.raises(ConfigError) as e:
+            load_config(toml, environ={}, check_upstream_dir=False)
+        assert where in str(e.value) and name in str(e.value) and "allowed" in str(e.value) and ">" in str(e.value)
+    toml.write_text("")
+    for value in ("٥", "nan", "1_0", "-1", "0"):
+        with pytest.raises(ConfigError, match="environment: CANARY_CHECK_INTERVAL.*allowed: a number > 0"):
+            load_config(toml, environ={"CANARY_CHECK_INTERVAL": value}, check_upstream_dir=False)

@@ -265,3 +265,12 @@ def test_schema_failures_of_a_series_born_inside_the_window_count(cfg: Any) -> N
     pre.ingest("canary", 0.0, page(10, 0, schema=3))  # failures from before we looked are not this window's
     pre.ingest("canary", 1.0, page(20, 0, schema=3))
     assert pre.stats_at(1.0).canary.schema_failures == 0.0
+
+
+@pytest.mark.parametrize("samples", [math.nan, math.inf, -math.inf, -3.0])
+def test_a_non_finite_request_count_is_an_error_not_no_data(samples: float) -> None:
+    """docs/gates.md: NaN/Inf where a number is expected is a source ERROR (on_metrics_unavailable
+    applies), even when the value itself is missing; it was INCONCLUSIVE (or crashed on round())."""
+    for value in (None, 0.001):
+        r = judge("error_rate", value, 0.005, op=">=", samples=samples, min_requests=20, window="5m")
+        assert r.verdict == ERROR and "request count" in r.detail and r.samples == 0

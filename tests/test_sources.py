@@ -532,3 +532,32 @@ def test_scrape_memory_is_bounded_by_the_window(tmp_path: Path) -> None:
     assert len(capped._store["canary"]) == 50
     stats = src.stats_at(499.0)
     assert stats.canary.error_ratio == pytest.approx(1 / 11)  # 10 ok for every 5xx and math.isfinite(stats.canary.requests)
+
+
+def test_a_nan_or_inf_request_count_is_an_error_never_no_data(tmp_path: Path, fake: FakeServer) -> None:
+    """docs/gates.md "which failure is which": a NaN/Inf answer is a source error (ERROR, so
+    on_metrics_unavailable applies), never INCONCLUSIVE "no data"; on each source."""
+    cfg = prom_cfg(tmp_path, fake.url)
+    q = build_queries(MetricNames(), cfg.rate_window_s)
+    gates = _gates(cfg)
+    for bad in ("NaN", "+Inf"):
+        fake.answer = canned(q, requests=bad)
+        gates.source._stats = None
+        r = {x.gate: x for x in asyncio.run(gates.check(CTX))}
+        assert r["error_rate"].verdict == ERROR and "request count" in r["error_rate"].detail, r["error_rate"]
+        assert r["p95_latency.fast"].verdict == ERROR and r["schema_failures"].verdict == ERROR
+
+    clock = FakeClock(start=100.0)
+    fake.answer = lambda p, qq, h: (200, EXPOSITION.format(v="canary" if p == "/c" else "production", n="NaN", e=0).encode())
+    src = ScrapeSource(scrape_cfg(tmp_path, fake.url + "/p", fake.url + "/c", metrics__rate_window="60s"),
+                       clock=clock, autostart=False)
+    sg = MetricGates(scrape_cfg(tmp_path, fake.url + "/p", fake.url + "/c", metrics__rate_window="60s"), src)
+
+    async def main() -> list[Any]:
+        await src.stats()
+        clock.advance(1.0)
+        src._stats = None
+        return await sg.check(CTX)
+
+    r = {x.gate: x for x in asyncio.run(main())}
+    assert r["error_rate"].verdict == ERROR, r["error_rate"]

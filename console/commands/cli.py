@@ -15,7 +15,7 @@ import re
 import sys
 from typing import Any
 
-from console.core.config import WEIGHT_ALLOWED, ConfigError, load_config, normalize_weight
+from console.core.config import FLOAT_TEXT, WEIGHT_ALLOWED, ConfigError, load_config, normalize_weight
 from console.core.exits import EPILOG, ExitCode
 
 
@@ -25,19 +25,28 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _percent(v: str) -> int | float:
-    if not re.fullmatch(r"\d{1,3}(\.\d)?", v) or not 0 <= float(v) <= 100:
+    if not re.fullmatch(r"[0-9]{1,3}(\.[0-9])?", v) or not 0 <= float(v) <= 100:  # ASCII: \d takes "٥"
         raise argparse.ArgumentTypeError(f"canary weight {v!r} is not valid; allowed: {WEIGHT_ALLOWED} (no % sign)")
     return normalize_weight(float(v))
 
 
 def _seconds(v: str) -> float:
-    try:
-        f = float(v)
-    except ValueError:
-        f = -1
-    if not f > 0 or f == float("inf"):
+    f = float(v) if FLOAT_TEXT.fullmatch(v) else -1.0  # ASCII digits only: float() takes "٥", "1_0", "nan"
+    if not 0 < f < float("inf"):
         raise argparse.ArgumentTypeError(f"{v!r} is not valid; allowed: a number of seconds > 0")
     return f
+
+
+def _number(v: str) -> float:
+    if not FLOAT_TEXT.fullmatch(v) or not 0 < float(v) < float("inf"):
+        raise argparse.ArgumentTypeError(f"{v!r} is not valid; allowed: a number > 0 in ASCII digits")
+    return float(v)
+
+
+def _port(v: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,5}", v) or not 1 <= int(v) <= 65535:
+        raise argparse.ArgumentTypeError(f"{v!r} is not valid; allowed: a port 1..65535 in ASCII digits")
+    return int(v)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="show the file it would write and what nginx.conf still needs; change nothing")
 
     dm = sub.add_parser("demo", help="a local canary sandbox with real nginx, Prometheus and traffic")
-    dm.add_argument("--rps", type=float, default=20.0, help="requests per second through nginx (default 20)")
+    dm.add_argument("--rps", type=_number, default=20.0, help="requests per second through nginx (default 20)")
     dm.add_argument("--observation-period", type=_seconds, default=30.0, metavar="S", help="seconds per stage (30)")
     dm.add_argument("--check-interval", type=_seconds, default=2.0, metavar="S", help="seconds between checks (2)")
     dm.add_argument("--fault", action="append", default=[], metavar="NAME=VALUE",
@@ -109,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--json", action="store_true", help="with --headless: JSON lines")
     dm.add_argument("--keep", action="store_true", help="keep the temporary directory")
     dm.add_argument("--source", choices=("auto", "prometheus", "scrape"), default="auto", help="metric source")
-    dm.add_argument("--port", type=int, metavar="PORT", help="nginx listen port on 127.0.0.1 (default: a free port)")
+    dm.add_argument("--port", type=_port, metavar="PORT", help="nginx listen port on 127.0.0.1 (default: a free port)")
     return p
 
 

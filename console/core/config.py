@@ -30,6 +30,9 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "observation_period": ("float", 900.0),
         "check_interval": ("float", 15.0),
         "min_stage_time": ("float", 0.0),  # a PASS of the analysis needs at least this much
+        # seconds of a first stage in which nginx mirrors every request to the canary (no user
+        # is served by it) while the gates judge it; 0 = no shadow stage (docs/router.md)
+        "shadow_period": ("float", 0.0),
         "promote_after": ("float", 1800.0),
         "required_approvals": ("int", 0),
         "health_timeout": ("float", 5.0),
@@ -175,8 +178,49 @@ ENV_MAP: dict[str, tuple[str, str]] = {
     "DOCKER_HOST": ("docker", "host"),
 }
 
-VERSION_RE = re.compile(r"^v(\d+)\.(\d+)\.(\d+)$")  # vMAJOR.MINOR.PATCH, the versions deploy and check take
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+# vMAJOR.MINOR.PATCH, the versions deploy and check take: ASCII digits only (\d takes any script's), at most 64
+# characters, and nothing after (\Z, not $: "$" also matches before a trailing newline)
+VERSION_RE = re.compile(r"\A(?=.{1,64}\Z)v([0-9]+)\.([0-9]+)\.([0-9]+)\Z")
+VERSION_ALLOWED = "vMAJOR.MINOR.PATCH in ASCII digits, at most 64 characters, e.g. v0.2.0"
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+# numbers written as text (.env, the environment): ASCII only; int()/float() also take "٥", "1_000", "nan"
+INT_TEXT = re.compile(r"[+-]?[0-9]+")
+FLOAT_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?")
+
+# The one range rule for numbers (int, float, duration and the items of number lists), wherever they come
+# from: every number is >= 0 unless listed here; (bound, strict): > bound when strict, else >= bound.
+NUMBER_MIN: dict[tuple[str, str], tuple[float, bool]] = {
+    ("rollout", "observation_period"): (0, True),
+    ("rollout", "check_interval"): (0, True),
+    ("rollout", "health_timeout"): (0, True),
+    ("nginx", "verify_timeout"): (0, True),
+    ("health", "timeout"): (0, True),
+    ("metrics", "rate_window"): (0, True),
+    ("metrics", "min_requests"): (1, False),
+    ("metrics", "query_timeout"): (0, True),
+    ("scrape", "timeout"): (0, True),
+    ("gates", "rl_loss_spike_ratio"): (0, True),
+    ("gates", "consecutive_failures"): (1, False),
+    ("gates", "unavailable_after"): (1, False),
+    ("gates", "split_tolerance"): (0, True),
+    ("gates", "split_min_requests"): (1, False),
+    ("gates", "split_window"): (1, False),
+    ("gates.p95_latency", "*"): (0, True),
+    ("analysis", "error_tolerance"): (0, True),
+    ("analysis", "latency_tolerance"): (0, True),
+    ("analysis", "pass_bound_errors"): (0, True),
+    ("analysis", "pass_bound_latency"): (0, True),
+    ("analysis", "alpha"): (0, True),
+    ("analysis", "grid"): (0, True),
+    ("docker", "log_lines"): (1, False),
+    ("notify", "timeout"): (0, True),
+    ("console", "log_max_lines"): (1, False),
+    ("console", "metrics_poll"): (0, True),
+}
+
+
+def number_min(section: str, key: str) -> tuple[float, bool]:
+    return NUMBER_MIN.get((section, key)) or NUMBER_MIN.get((section, "*")) or (0, False)
 _UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -184,11 +228,16 @@ def parse_duration(v: Any) -> float:
     if isinstance(v, bool):
         raise ValueError
     if isinstance(v, int | float):
+        if not math.isfinite(v):
+            raise ValueError
         return float(v)
-    m = _DURATION.match(str(v).strip())
+    m = _DURATION.fullmatch(str(v).strip())
     if not m:
         raise ValueError
-    return float(m.group(1)) * _UNIT[m.group(2)]
+    x = float(m.group(1)) * _UNIT[m.group(2)]
+    if not math.isfinite(x):
+        raise ValueError
+    return x
 
 
 def format_duration(seconds: float) -> str:
@@ -205,6 +254,11 @@ class Config:
     custom_gates: tuple[Any, ...] = ()  # [[gates.custom]], as console.core.custom_gates.CustomGate
     # [[nginx.hosts]]: one dict per host, [nginx] with the host's keys on top, plus its "name"; () = one host, [nginx]
     nginx_hosts: tuple[dict[str, Any], ...] = ()
+    origins: dict[tuple[str, str], str] = field(default_factory=dict)  # values from the env or a flag: from where
+
+    def origin(self, section: str, key: str) -> str:
+        """Where ``[section] key`` came from, for a one-line error: the file, .env, the environment, a flag."""
+        return self.origins.get((section, key)) or (str(self.path) if self.path else "defaults")
 
     def __getitem__(self, section: str) -> dict[str, Any]:
         return self.values[section]
@@ -245,6 +299,8 @@ def _where(path: Path | None, origin: str) -> str:
 
 
 def _coerce(section: str, key: str, typ: str, v: Any, where: str, env: bool = False) -> Any:
+    """``v`` as ``typ`` (text from .env or the environment parsed, ASCII numbers only), within the
+    one range rule (``number_min``); ConfigError with one line otherwise."""
     name = f"[{section}] {key}" if where.endswith((".toml", "canary.toml")) or "/" in where else key
     allowed = {
         "int": "an integer",
@@ -257,21 +313,38 @@ def _coerce(section: str, key: str, typ: str, v: Any, where: str, env: bool = Fa
         "list[weight]": "a list of integers (or numbers with at most one decimal, such as 0.1)",
         "duration": 'a duration such as 300, "30s" or "5m"',
     }[typ]
+    numeric = typ in ("int", "float", "duration", "list[int]", "list[float]")
+    if numeric:
+        bound, strict = number_min(section, key)
+        allowed += f" {'>' if strict else '>='} {bound:g}" + (" each" if typ.startswith("list") else "")
     bad = ConfigError(f"{where}: {name} = {v!r} is not valid; allowed: {allowed}")
     from_env = env and isinstance(v, str) and typ not in ("str", "duration")
+
+    def num(x: Any, integer: bool) -> int | float:
+        if from_env:
+            text = str(x).strip()
+            if not (INT_TEXT if integer else FLOAT_TEXT).fullmatch(text):
+                raise bad
+            x = int(text) if integer else float(text)
+        if isinstance(x, bool) or not isinstance(x, int if integer else int | float):
+            raise bad
+        if not math.isfinite(x):
+            raise bad
+        return x
+
+    def in_range(x: float) -> None:
+        if numeric and not (x > bound if strict else x >= bound):
+            raise bad
+
     try:
         if typ == "int":
-            if from_env:
-                v = int(v)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise bad
-            return v
+            n = num(v, True)
+            in_range(n)
+            return n
         if typ == "float":
-            if from_env:
-                v = float(v)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise bad
-            return float(v)
+            n = num(v, False)
+            in_range(n)
+            return float(n)
         if typ == "bool":
             if from_env:
                 lv = v.strip().lower()
@@ -286,37 +359,73 @@ def _coerce(section: str, key: str, typ: str, v: Any, where: str, env: bool = Fa
                 raise bad
             return v
         if typ == "duration":
-            parse_duration(v)
+            in_range(parse_duration(v))
             return v
         if typ.startswith("list["):
+            inner = typ[5:-1]
             if from_env:
                 v = [x.strip() for x in v.split(",") if x.strip()]
-                if typ == "list[int]":
-                    v = [int(x) for x in v]
-                elif typ == "list[float]":
-                    v = [float(x) for x in v]
-                elif typ == "list[weight]":
-                    v = [int(x) if x.isdigit() else float(x) for x in v]
+                if inner in ("int", "float"):
+                    v = [num(x, inner == "int") for x in v]
+                elif inner == "weight":
+                    v = [num(x, True) if x.isascii() and x.isdigit() else num(x, False) for x in v]
             if not isinstance(v, list):
                 raise bad
-            inner = typ[5:-1]
             for x in v:
                 if inner == "int" and (isinstance(x, bool) or not isinstance(x, int)):
                     raise bad
-                if inner in ("float", "weight") and (isinstance(x, bool) or not isinstance(x, int | float)):
+                if inner in ("float", "weight") and (isinstance(x, bool) or not isinstance(x, int | float)
+                                                     or not math.isfinite(x)):
                     raise bad
                 if inner == "str" and not isinstance(x, str):
                     raise bad
+                if inner in ("int", "float"):
+                    in_range(x)
             return [float(x) for x in v] if inner == "float" else list(v)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise bad from None
     raise bad
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long, an embedded NUL: not a file we can read
+        return False
+
+
+def _check_file(path: Path, where: str, allowed: str) -> None:
+    if not _is_file(path):
+        what = "is a directory" if _is_dir(path) else "no such file"
+        raise ConfigError(f"{where}: {what}; allowed: {allowed}")
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def read_text(path: Path, allowed: str) -> str:
+    """A config file's text; every OS or decode error as one ConfigError line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or type(e).__name__}); allowed: {allowed}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); allowed: {allowed}") from None
+
+
 def read_env_file(path: Path) -> dict[str, str]:
+    import io
+
     from dotenv import dotenv_values  # python-dotenv; small, fine on the CLI path
 
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+    text = read_text(path, "a readable .env file in UTF-8")
+    return {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v is not None}
 
 
 def load_config(
@@ -331,15 +440,14 @@ def load_config(
     values = {s: {k: (list(d) if isinstance(d, list) else d) for k, (_, d) in keys.items()} for s, keys in SCHEMA.items()}
 
     path: Path | None = None
+    origins: dict[tuple[str, str], str] = {}  # (section, key) -> where a value not from the file came from
     if config_path is not None:
         path = Path(config_path)
-        if not path.is_file():
-            raise ConfigError(f"--config {path}: no such file; allowed: a readable canary.toml")
+        _check_file(path, f"--config {path}", "a readable canary.toml")
     elif environ.get("CANARY_CONFIG"):
         path = Path(environ["CANARY_CONFIG"])
-        if not path.is_file():
-            raise ConfigError(f"CANARY_CONFIG={path}: no such file; allowed: a readable canary.toml")
-    elif Path("canary.toml").is_file():
+        _check_file(path, f"CANARY_CONFIG={path}", "a readable canary.toml")
+    elif _is_file(Path("canary.toml")):
         path = Path("canary.toml")
     base_dir = (path.resolve().parent if path else Path.cwd())
 
@@ -347,11 +455,10 @@ def load_config(
     hosts: Any = None  # [[nginx.hosts]]: validated below, on top of [nginx]
     if path is not None:
         try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: not valid TOML ({e}); allowed: TOML as in canary.toml.example") from None
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+            data = tomllib.loads(read_text(path, "a readable canary.toml in UTF-8"))
+        except (tomllib.TOMLDecodeError, RecursionError) as e:
+            why = " ".join(str(e).split()) or type(e).__name__
+            raise ConfigError(f"{path}: not valid TOML ({why}); allowed: TOML as in canary.toml.example") from None
         custom = data["gates"].pop("custom", None) if isinstance(data.get("gates"), dict) else None
         hosts = data["nginx"].pop("hosts", None) if isinstance(data.get("nginx"), dict) else None
         _apply_toml(values, data, path)
@@ -359,9 +466,9 @@ def load_config(
     # .env, then process env on top
     env: dict[str, str] = {}
     ef = Path(env_file) if env_file is not None else base_dir / ".env"
-    if env_file is not None and not ef.is_file():
-        raise ConfigError(f"--env-file {ef}: no such file; allowed: a readable .env file")
-    if ef.is_file():
+    if env_file is not None:
+        _check_file(ef, f"--env-file {ef}", "a readable .env file")
+    if _is_file(ef):
         env.update(read_env_file(ef))
     dotenv_keys = set(env)
     env.update({k: v for k, v in environ.items()})
@@ -369,13 +476,15 @@ def load_config(
         if var in env:
             origin = str(ef) if (var in dotenv_keys and var not in environ) else "environment"
             values[section][key] = _coerce(section, key, SCHEMA[section][key][0], env[var], f"{origin}: {var}", env=True)
+            origins[(section, key)] = f"{origin}: {var}"
 
     for (section, key), v in (overrides or {}).items():
         if v is None:
             continue
         values[section][key] = _coerce(section, key, SCHEMA[section][key][0], v, "command line")
+        origins[(section, key)] = "command line"
 
-    cfg = Config(values=values, path=path, env=env, base_dir=base_dir)
+    cfg = Config(values=values, path=path, env=env, base_dir=base_dir, origins=origins)
     _validate(cfg, check_upstream_dir and hosts is None)  # with hosts, [nginx] upstream_file is only a default
     if hosts is not None:
         cfg.nginx_hosts = parse_nginx_hosts(hosts, cfg, str(path), check_upstream_dir)
@@ -478,7 +587,7 @@ _ROUTING = {
 def routing_problem(key: str, value: object) -> str:
     """What ``[routing] key`` allows, when ``value`` is not that ("" when it is; "" = off is allowed)."""
     pattern, allowed = _ROUTING[key]
-    if value == "" or (isinstance(value, str) and pattern.match(value)):
+    if value == "" or (isinstance(value, str) and pattern.fullmatch(value)):
         return ""
     return f'{allowed}, or "" for off'
 
@@ -501,7 +610,7 @@ def parse_nginx_hosts(raw: Any, cfg: Config, where: str, check_upstream_dir: boo
     files: dict[Path, str] = {}
     for i, table in enumerate(raw, 1):
         name = table.get("name")
-        if not isinstance(name, str) or not _HOST_NAME.match(name):
+        if not isinstance(name, str) or not _HOST_NAME.fullmatch(name):
             what = "has no name" if name is None else f"has name = {name!r}, which is not valid"
             raise ConfigError(f"{where}: [[nginx.hosts]] number {i} {what}; allowed: a unique name such as "
                               '"edge-1" (letters, digits, _ . -, at most 63)')
@@ -531,6 +640,9 @@ def parse_nginx_hosts(raw: Any, cfg: Config, where: str, check_upstream_dir: boo
         for key in ("test_command", "reload_command"):
             if not host[key]:
                 raise ConfigError(f'{where}: {label} {key} is empty; allowed: an argv list such as ["nginx", "-t"]')
+        for key in ("production", "canary"):
+            if address_problem(host[key]):
+                raise ConfigError(f"{where}: {label} {key} = {host[key]!r} is not valid; allowed: {ADDRESS_ALLOWED}")
         if host["verify_listen"]:
             try:
                 parse_loopback_listen(host["verify_listen"])
@@ -547,6 +659,110 @@ def parse_nginx_hosts(raw: Any, cfg: Config, where: str, check_upstream_dir: boo
                               "not exist; allowed: a file in an existing directory")
         hosts.append({"name": name, **host})
     return tuple(hosts)
+
+
+# Written into nginx syntax (console/adapters/nginx/render.py checks them again with these rules):
+# nothing that could end a directive.  Whole-string matches (fullmatch: no trailing newline).
+NGINX_ADDRESS = re.compile(r"unix:/[A-Za-z0-9_./-]+|[A-Za-z0-9_.:\[\]-]+")
+ADDRESS_ALLOWED = "host:port or unix:/path (no spaces, quotes, ';', '{', '}' or '#')"
+NGINX_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+NAME_ALLOWED = "letters, digits, _ . - (at most 64)"
+
+
+def address_problem(value: object) -> str:
+    """What an nginx server address allows, when ``value`` is not that ("" when it is)."""
+    return "" if isinstance(value, str) and NGINX_ADDRESS.fullmatch(value) else ADDRESS_ALLOWED
+
+
+# URLs the console requests: (section, key) -> "" allowed (= off), secret (never echoed)
+URL_KEYS: dict[tuple[str, str], tuple[bool, bool]] = {
+    ("prometheus", "url"): (False, False),
+    ("health", "production_url"): (True, False),
+    ("health", "canary_url"): (True, False),
+    ("scrape", "production"): (True, False),
+    ("scrape", "canary"): (True, False),
+    ("nginx", "verify_url"): (True, False),
+    ("notify", "webhook_url"): (True, True),
+}
+URL_ALLOWED = "an absolute http:// or https:// URL with a host, in ASCII, no spaces"
+
+
+def url_problem(value: object, empty_ok: bool = False) -> str:
+    """What a URL the console requests allows, when ``value`` is not that ("" when it is)."""
+    if empty_ok and value == "":
+        return ""
+    if not isinstance(value, str) or not value.isascii() or any(c.isspace() or ord(c) < 32 or ord(c) == 127
+                                                                 for c in value):
+        return URL_ALLOWED
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - a bad port raises here
+    except ValueError:
+        return URL_ALLOWED
+    if parts.scheme not in ("http", "https") or not re.fullmatch(r"[A-Za-z0-9_.:-]+", parts.hostname or ""):
+        return URL_ALLOWED
+    return ""
+
+
+# Prometheus credentials, from the environment or .env (console/adapters/metrics/prometheus.py sends them)
+PROMETHEUS_TOKEN_ENV = "CANARY_PROMETHEUS_TOKEN"
+PROMETHEUS_USER_ENV = "CANARY_PROMETHEUS_USER"
+PROMETHEUS_PASSWORD_ENV = "CANARY_PROMETHEUS_PASSWORD"
+
+
+def prometheus_auth_problem(env: dict[str, str]) -> str:
+    """One line when the Prometheus credentials contradict each other ("" when they do not)."""
+    token, user, password = (env.get(k, "") for k in (PROMETHEUS_TOKEN_ENV, PROMETHEUS_USER_ENV, PROMETHEUS_PASSWORD_ENV))
+    if token and (user or password):
+        return (f"{PROMETHEUS_TOKEN_ENV} and {PROMETHEUS_USER_ENV}/{PROMETHEUS_PASSWORD_ENV} are both set; "
+                "allowed: a bearer token or basic auth")
+    if bool(user) != bool(password):
+        return (f"{PROMETHEUS_USER_ENV} and {PROMETHEUS_PASSWORD_ENV} must be set together; "
+                "allowed: both (basic auth to Prometheus), or neither")
+    return ""
+
+
+def _path_problem(p: Path) -> str:
+    """A file the console writes or reads: "" unless it (or a directory above it) is the wrong kind."""
+    try:
+        if p.exists() and not p.is_file():
+            return f"{p} is not a regular file"
+        for d in p.parents:
+            if d.exists():
+                return "" if d.is_dir() else f"{d} is not a directory"
+    except (OSError, ValueError) as e:
+        return f"{p}: {getattr(e, 'strerror', None) or type(e).__name__}"
+    return ""
+
+
+def _validate_inputs(cfg: Config) -> None:
+    """Addresses, names, URLs, credentials and file paths: one line each, at load, never a traceback later."""
+    n = cfg["nginx"]
+    for key in ("production", "canary"):
+        if address_problem(n[key]):
+            raise ConfigError(f"{cfg.origin('nginx', key)}: [nginx] {key} = {n[key]!r} is not valid; "
+                              f"allowed: {ADDRESS_ALLOWED}")
+    if not NGINX_NAME.fullmatch(n["upstream_name"]):
+        raise ConfigError(f"{cfg.origin('nginx', 'upstream_name')}: [nginx] upstream_name = {n['upstream_name']!r} "
+                          f"is not valid; allowed: {NAME_ALLOWED}")
+    for (section, key), (empty_ok, secret) in URL_KEYS.items():
+        value = cfg[section][key]
+        if url_problem(value, empty_ok):
+            shown = "(value not shown)" if secret or "@" in str(value) else f"= {value!r}"
+            off = '; "" = off' if empty_ok else ""
+            raise ConfigError(f"{cfg.origin(section, key)}: [{section}] {key} {shown} is not valid; "
+                              f"allowed: {URL_ALLOWED}{off}")
+    if cfg["metrics"]["source"] == "prometheus":
+        problem = prometheus_auth_problem(cfg.env)
+        if problem:
+            raise ConfigError(f"environment or .env: {problem}")
+    for section, key, p in (("journal", "path", cfg.journal_path), ("nginx", "upstream_file", cfg.upstream_file)):
+        problem = _path_problem(p)
+        if problem:
+            raise ConfigError(f"{cfg.origin(section, key)}: [{section}] {key} = {cfg[section][key]!r}: {problem}; "
+                              "allowed: a file path (in a directory that is not a file)")
 
 
 def _validate_split(cfg: Config, where: str) -> None:
@@ -601,9 +817,13 @@ def _validate(cfg: Config, check_upstream_dir: bool) -> None:
     for key in ("observation_period", "check_interval"):
         if r[key] <= 0:
             raise ConfigError(f"{where}: [rollout] {key} = {r[key]} is not valid; allowed: a number of seconds > 0")
+    if not r["shadow_period"] >= 0:
+        raise ConfigError(f"{where}: [rollout] shadow_period = {r['shadow_period']} is not valid; "
+                          "allowed: a number of seconds >= 0 (0 = no shadow stage)")
     for (section, key), allowed in CHOICES.items():
         if cfg[section][key] not in allowed:
-            raise ConfigError(f"{where}: [{section}] {key} = {cfg[section][key]!r} is not valid; allowed: {' or '.join(allowed)}")
+            raise ConfigError(f"{cfg.origin(section, key)}: [{section}] {key} = {cfg[section][key]!r} is not valid; "
+                              f"allowed: {' or '.join(allowed)}")
     for key in ("test_command", "reload_command"):
         if not cfg["nginx"][key]:
             raise ConfigError(f"{where}: [nginx] {key} is empty; allowed: an argv list such as [\"nginx\", \"-t\"]")
@@ -623,6 +843,7 @@ def _validate(cfg: Config, check_upstream_dir: bool) -> None:
     if cfg["gates"]["consecutive_failures"] < 1 or cfg["gates"]["unavailable_after"] < 1:
         raise ConfigError(f"{where}: [gates] consecutive_failures and unavailable_after must be >= 1")
     _validate_split(cfg, where)
+    _validate_inputs(cfg)
     if not 0 < cfg["analysis"]["alpha"] < 1:
         raise ConfigError(f"{where}: [analysis] alpha = {cfg['analysis']['alpha']} is not valid; allowed: 0 < alpha < 1")
     if check_upstream_dir:

@@ -109,13 +109,18 @@ def judge(
 ) -> GateResult:
     """One gate from one value.  ``op`` says when the value breaches (">=" or ">").
 
-    Order: no value -> INCONCLUSIVE; NaN/Inf/negative -> ERROR; breach with ``fail_on_few`` (a
+    Order: a NaN/Inf/negative request count -> ERROR (a source error, docs/gates.md: never "no
+    data"); no value -> INCONCLUSIVE; NaN/Inf/negative value -> ERROR; breach with ``fail_on_few`` (a
     count such as schema failures, conclusive on any sample size) -> FAIL; fewer than
     ``min_requests`` samples -> INCONCLUSIVE; breach -> FAIL; else PASS."""
-    n = 0 if samples is None else int(round(samples))
+    bad_count = samples is not None and not (_finite(samples) and samples >= 0)
+    n = 0 if samples is None or bad_count else int(round(samples))
     base = dict(gate=gate, value=value, threshold=threshold, window=window, samples=n, critical=critical,
                 production_value=production_value)
     limit = f"{'must stay below' if op == '>=' else 'limit'} {_fmt(threshold, unit)}"
+    if bad_count:
+        shown = _prom(samples) if not _finite(samples) else f"{samples:g}"  # type: ignore[arg-type]
+        return GateResult(verdict=ERROR, detail=f"the source returned {shown} for the canary request count", **base)
     if value is None:
         return GateResult(verdict=INCONCLUSIVE, detail=f"no data: {n} canary requests in {window}", **base)
     if not _finite(value):

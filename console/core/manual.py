@@ -42,6 +42,10 @@ async def router_change(journal: Journal, router: TrafficRouter, weight: float, 
                                        outcome="unconfirmed" if e.reloaded else "restored", hosts=_hosts(router),
                                        **common))
         raise
+    except Exception as e:  # not a router failure it knows (a bug, a bad argument): never leave the intent open
+        journal.append(ev.RouterFailed(weight=weight, generation=gen, error=" ".join(f"{type(e).__name__}: {e}".split()),
+                                       file_weight=_file_weight(router), outcome="unconfirmed", **common))
+        raise
     if unverified:
         journal.append(ev.RouterFailed(weight=weight, generation=gen, error=f"not verified: {unverified}",
                                        file_weight=weight, outcome="unconfirmed", **common), *after)

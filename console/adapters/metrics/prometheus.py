@@ -30,12 +30,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 from console.adapters.metrics.promql import MetricNames, Queries, build_queries, parse_le
 from console.core.clock import RealClock
-from console.core.config import ConfigError, parse_duration
+from console.core.config import (
+    PROMETHEUS_PASSWORD_ENV,
+    PROMETHEUS_TOKEN_ENV,
+    PROMETHEUS_USER_ENV,
+    ConfigError,
+    parse_duration,
+    prometheus_auth_problem,
+)
 from console.core.protocols import FRESH_FOR, CounterSnapshot, MetricsUnavailable, VersionCounters, VersionStats, WindowStats
 
-TOKEN_ENV = "CANARY_PROMETHEUS_TOKEN"
-USER_ENV = "CANARY_PROMETHEUS_USER"
-PASSWORD_ENV = "CANARY_PROMETHEUS_PASSWORD"
+TOKEN_ENV, USER_ENV, PASSWORD_ENV = PROMETHEUS_TOKEN_ENV, PROMETHEUS_USER_ENV, PROMETHEUS_PASSWORD_ENV  # core's names
 
 Vector = list[tuple[dict[str, str], float]]
 REJECTED = ("HTTP 400", "HTTP 422")  # Prometheus refuses the query itself (bad_data, execution)
@@ -101,10 +106,9 @@ class PrometheusSource:
         self.clock = clock or RealClock()
         token = env.get(TOKEN_ENV, "")
         user, password = env.get(USER_ENV, ""), env.get(PASSWORD_ENV, "")
-        if token and (user or password):
-            raise ConfigError(f"{TOKEN_ENV} and {USER_ENV}/{PASSWORD_ENV} are both set; allowed: a bearer token or basic auth")
-        if bool(user) != bool(password):
-            raise ConfigError(f"{USER_ENV} and {PASSWORD_ENV} must be set together (basic auth to Prometheus)")
+        problem = prometheus_auth_problem(env)  # load_config refuses it first; a Config built by hand too
+        if problem:
+            raise ConfigError(problem)
         self._headers: dict[str, str] = {"Authorization": f"Bearer {token}"} if token else {}
         self._auth: tuple[str, str] | None = (user, password) if user else None
         self.auth_kind = "bearer token" if token else ("basic auth" if user else "none")

@@ -13,6 +13,9 @@ Pure functions over text (no I/O).  Why the file looks the way it does:
   it, and the router polls that location until only the new id comes back.  The location
   is either in nginx.conf (``GENERATION_LOCATION``) or, with ``[nginx] verify_listen``, in a
   small loopback-only ``server`` this file defines itself.
+* With a shadow stage configured (``[rollout] shadow_period``) the file also defines
+  ``upstream <name>__canary`` and ``$canary_shadow`` (1 while the shadow stage is live): nginx.conf's
+  ``location = /__canary/mirror`` (``mirror_location``) copies every request there only then.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ import re
 
 from console.core.config import (
     LOOPBACK_LISTEN_ALLOWED,
+    NAME_ALLOWED,
+    NGINX_NAME,
     WEIGHT_ALLOWED,
+    address_problem,
     is_weight,
     normalize_weight,
     parse_loopback_listen,
@@ -32,6 +38,7 @@ __all__ = [
     "GENERATION_LOCATION",
     "GENERATION_PATH",
     "HEADER",
+    "MIRROR_PATH",
     "check_address",
     "check_generation",
     "check_name",
@@ -42,6 +49,7 @@ __all__ = [
     "generation_of",
     "header_weight",
     "listen_url",
+    "mirror_location",
     "render_upstream",
     "weight_of",
 ]
@@ -57,8 +65,19 @@ GENERATION_LOCATION = (
     'default_type text/plain; return 200 "$canary_generation\\n"; }'
 )
 
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-_ADDRESS = re.compile(r"^(?:unix:/[A-Za-z0-9_./-]+|[A-Za-z0-9_.:\[\]-]+)$")
+MIRROR_PATH = "/__canary/mirror"
+
+
+def mirror_location(name: str) -> str:
+    """What an operator adds for a shadow stage, on two lines: in the proxied location, and
+    beside it in the same server (docs/router.md, "Shadow stage")."""
+    return (
+        f"mirror {MIRROR_PATH}; mirror_request_body on;\n"
+        f"location = {MIRROR_PATH} {{ internal; if ($canary_shadow = 0) {{ return 204; }} "
+        f"proxy_pass http://{name}__canary$request_uri; }}"
+    )
+
+
 _GENERATION = re.compile(r"^[A-Za-z0-9_.:@+-]{1,128}$")
 
 
@@ -85,18 +104,17 @@ def check_generation(generation: object) -> str:
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"[nginx] upstream_name = {name!r} is not valid; allowed: letters, digits, _ . - (at most 64)")
+    if not isinstance(name, str) or not NGINX_NAME.fullmatch(name):
+        raise ValueError(f"[nginx] upstream_name = {name!r} is not valid; allowed: {NAME_ALLOWED}")
     return name
 
 
 def check_address(key: str, address: str) -> str:
-    """Addresses are written into nginx syntax: refuse anything that could end a directive."""
-    if not isinstance(address, str) or not _ADDRESS.match(address):
-        raise ValueError(
-            f"[nginx] {key} = {address!r} is not valid; allowed: host:port or unix:/path "
-            "(no spaces, quotes, ';', '{', '}' or '#')"
-        )
+    """Addresses are written into nginx syntax: refuse anything that could end a directive
+    (core's rule, ``address_problem``: config loading refuses the same addresses first)."""
+    problem = address_problem(address)
+    if problem:
+        raise ValueError(f"[nginx] {key} = {address!r} is not valid; allowed: {problem}")
     return address
 
 
@@ -123,7 +141,7 @@ def listen_url(verify_listen: str) -> str:
 
 def render_upstream(
     name: str, production: str, canary: str, weight: float, generation: str, verify_listen: str = "", *,
-    sticky_key: str = "", override_header: str = "", override_cookie: str = "",
+    sticky_key: str = "", override_header: str = "", override_cookie: str = "", shadow: bool | None = None,
 ) -> str:
     """The whole include file for ``weight`` % canary.  Pure: same input, same bytes.
 
@@ -144,7 +162,11 @@ def render_upstream(
 
     ``override_header`` / ``override_cookie`` (names): a tester's ``always`` reaches the
     canary and ``never`` production, at every weight, through ``$<name>_route``: nginx.conf
-    then proxies to ``http://$<name>_route`` (see docs/router.md); the header wins."""
+    then proxies to ``http://$<name>_route`` (see docs/router.md); the header wins.
+
+    ``shadow``: None = no shadow stage configured (nothing more); False or True = the file also
+    defines ``upstream <name>__canary`` (once, whatever the override defines) and maps
+    ``$canary_shadow`` to 0 or 1, which nginx.conf's mirror location reads."""
     check_name(name)
     check_address("production", production)
     check_address("canary", canary)
@@ -173,6 +195,7 @@ def render_upstream(
         "}",
         "",
         *_override_lines(name, production, canary, header, cookie),
+        *_shadow_lines(name, canary, shadow, defined=bool(header or cookie)),
         f"# Echoed by `location = {GENERATION_PATH}`: the router polls it to know this file is live.",
         "map $host $canary_generation {",
         f'    default "{generation}";',
@@ -220,6 +243,22 @@ def _override_lines(name: str, production: str, canary: str, header: str, cookie
         f'    "~^never:" {name}__production;',
         f'    "~:always$" {name}__canary;',
         f'    "~:never$" {name}__production;',
+        "}",
+        "",
+    ]
+
+
+def _shadow_lines(name: str, canary: str, shadow: bool | None, defined: bool) -> list[str]:
+    """The canary alone (unless the override defined it) and ``$canary_shadow``: the mirror's switch."""
+    if shadow is None:
+        return []
+    lines = ["# [rollout] shadow_period: nginx.conf's `location = /__canary/mirror` proxies to the canary alone."]
+    if not defined:
+        lines += [f"upstream {name}__canary {{", f"    server {canary};", "}"]
+    return lines + [
+        "# 1 while the shadow stage is live: every request is mirrored to the canary, its answers discarded.",
+        "map $host $canary_shadow {",
+        f"    default {1 if shadow else 0};",
         "}",
         "",
     ]
