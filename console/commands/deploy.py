@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from console.commands.term import confirm, err, event_printer, report_router_error
-from console.core.config import VERSION_RE
+from console.core.config import VERSION_ALLOWED, VERSION_RE
 from console.core.exits import ExitCode
 from console.core.journal import Journal, read_records
 from console.core.lock import DriverLock, LockHeld, lock_path_for
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace, cfg: Any) -> int:
     """`canary-console deploy`."""
     version = args.version
     if not VERSION_RE.match(version):
-        err(f"--version {version!r} is not valid; allowed: vMAJOR.MINOR.PATCH, e.g. v0.2.0")
+        err(f"--version {version!r} is not valid; allowed: {VERSION_ALLOWED}")
         return ExitCode.USAGE
     stages = cfg.stages
     start_index = 0
