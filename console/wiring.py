@@ -85,9 +85,8 @@ def build_custom_gates(cfg: Config, source: MetricSource, owns_source: bool = Fa
     custom gates with any other source)."""
     from console.adapters.metrics.custom import PrometheusQueries
     from console.adapters.metrics.prometheus import PrometheusSource
-    from console.core.config import format_duration
+    from console.core.config import format_duration, window_label
     from console.core.custom_gates import CustomGates
-    from console.core.protocols import window_label
 
     if not isinstance(source, PrometheusSource):
         raise TypeError(f"custom gates need a PrometheusSource, not {type(source).__name__}")

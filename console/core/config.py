@@ -526,6 +526,12 @@ LOOPBACK_LISTEN_ALLOWED = (
 )
 
 
+def window_label(cfg: Any) -> str:
+    """The rate window as the operator wrote it ("5m"), or as seconds ("300s")."""
+    raw = cfg["metrics"]["rate_window"]
+    return raw if isinstance(raw, str) else format_duration(float(raw))
+
+
 def parse_loopback_listen(value: str) -> tuple[str, int]:
     """``[nginx] verify_listen``: (loopback IP, port); ``localhost`` is 127.0.0.1.  ValueError
     (the reason, a few words) otherwise.  The nginx adapter renders ``listen`` from it."""

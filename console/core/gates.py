@@ -35,8 +35,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from console.core.config import window_label
 from console.core.events import ERROR, FAIL, INCONCLUSIVE, PASS, GateResult
-from console.core.protocols import CheckContext, MetricSource, MetricsUnavailable, WindowStats, window_label
+from console.core.protocols import CheckContext, MetricSource, MetricsUnavailable, WindowStats
 
 OPS: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, ">": operator.gt}
 

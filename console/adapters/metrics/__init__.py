@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from console.core.protocols import FRESH_FOR, MetricSource, MetricsUnavailable, VersionStats, WindowStats, window_label
+from console.core.config import window_label
+from console.core.protocols import FRESH_FOR, MetricSource, MetricsUnavailable, VersionStats, WindowStats
 
 __all__ = [
     "FRESH_FOR",
