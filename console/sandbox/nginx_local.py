@@ -45,6 +45,29 @@ def find_nginx() -> str | None:
     return next((p for p in candidates if os.path.exists(p)), None)
 
 
+def render_conf_head(prefix_dir: Path, worker_processes: int = 2, user: str | None = None) -> str:
+    """The start of an nginx.conf whose every path is inside ``prefix_dir``: the main context, and
+    ``http {`` with its temp paths (the caller writes the rest of the http block and closes it)."""
+    p = Path(prefix_dir)
+    user_line = f"user {user};\n" if user else ""
+    return f"""{user_line}worker_processes {worker_processes};
+daemon off;
+pid {p / "logs" / "nginx.pid"};
+error_log {p / "logs" / "error.log"} warn;
+
+events {{
+    worker_connections 1024;
+}}
+
+http {{
+    client_body_temp_path {p / "temp" / "client_body"};
+    proxy_temp_path {p / "temp" / "proxy"};
+    fastcgi_temp_path {p / "temp" / "fastcgi"};
+    uwsgi_temp_path {p / "temp" / "uwsgi"};
+    scgi_temp_path {p / "temp" / "scgi"};
+"""
+
+
 def render_local_conf(
     prefix_dir: Path,
     listen_port: int,
@@ -62,26 +85,9 @@ def render_local_conf(
     a non-root master cannot switch users and would only warn).  ``allow``: addresses besides
     loopback that may read the generation location (a console outside nginx's network namespace).
     """
-    p = Path(prefix_dir)
-    user_line = f"user {user};\n" if user else ""
     allow_lines = "".join(f"            allow {a};\n" for a in allow)
     return f"""# Rendered by console.sandbox.nginx_local for a sandbox nginx; not for production.
-{user_line}worker_processes {worker_processes};
-daemon off;
-pid {p / "logs" / "nginx.pid"};
-error_log {p / "logs" / "error.log"} warn;
-
-events {{
-    worker_connections 1024;
-}}
-
-http {{
-    client_body_temp_path {p / "temp" / "client_body"};
-    proxy_temp_path {p / "temp" / "proxy"};
-    fastcgi_temp_path {p / "temp" / "fastcgi"};
-    uwsgi_temp_path {p / "temp" / "uwsgi"};
-    scgi_temp_path {p / "temp" / "scgi"};
-
+{render_conf_head(prefix_dir, worker_processes, user)}
     log_format canary '{LOG_FORMAT}';
     access_log {access_log} canary;
 
