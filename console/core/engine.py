@@ -22,7 +22,16 @@ from console.core.clock import Clock, RealClock
 from console.core.events import ERROR, FAIL, PASS, SHADOW_INDEX, GateResult, Intent, Operator
 from console.core.exits import ExitCode
 from console.core.journal import Journal
-from console.core.protocols import CheckContext, Checker, HealthProbe, HealthResult, RouterError, TrafficRouter
+from console.core.protocols import (
+    CheckContext,
+    Checker,
+    HealthProbe,
+    HealthResult,
+    RouterError,
+    TrafficRouter,
+    file_weight,
+    router_hosts,
+)
 from console.core.state import DeploymentState, apply
 
 ROLLBACK_ATTEMPTS = 3
@@ -314,7 +323,7 @@ class Engine:
         serves users from the canary (it got past the shadow stage)."""
         if self.s.shadow_period <= 0 or self.start_index != 0:
             return False
-        return not self.resumed or not self._file_weight()
+        return not self.resumed or not file_weight(self.router)
 
     async def _shadow_stage(self) -> None:
         """Weight 0 with nginx mirroring every request to the canary (answers discarded), observed
@@ -383,7 +392,7 @@ class Engine:
         router that cannot see nginx could never confirm a stage: exit 4, nothing changed."""
         if self.s.dry_run:
             return True
-        weight = self._file_weight()
+        weight = file_weight(self.router)
         gen = f"{self.deployment_id}:preflight-{os.urandom(3).hex()}"
         self._generations[gen] = weight or 0
         self.emit(ev.RouterIntent, weight=weight or 0, previous_weight=weight, generation=gen,
@@ -391,7 +400,7 @@ class Engine:
         try:
             took = await asyncio.shield(self.router.preflight(gen))
         except RouterError as e:
-            held = self._file_weight()
+            held = file_weight(self.router)
             self.emit(ev.RouterFailed, weight=weight or 0, generation=gen, error=str(e), file_weight=held,
                       outcome="restored")
             msg = str(e) if str(e).startswith("preflight") else f"preflight: {e}"
@@ -419,23 +428,16 @@ class Engine:
             took = await asyncio.shield(self.router.apply(weight, gen, shadow=True) if shadow else self.router.apply(weight, gen))
         except RouterError as e:
             detail = f"{e}: {e.detail}".strip(": ") if e.detail else str(e)
-            file_weight = self._file_weight()
             outcome = "unconfirmed" if e.reloaded else "restored"
             self.emit(ev.RouterFailed, weight=weight, generation=gen, error=detail, restored_weight=e.restored_weight,
-                      file_weight=file_weight, outcome=outcome, hosts=getattr(self.router, "last_hosts", tuple)())
+                      file_weight=file_weight(self.router), outcome=outcome, hosts=router_hosts(self.router))
             # nginx may yet serve it: one more look, journaled if it does (a late confirmation)
             if e.reloaded and await self._confirmed_late(gen) and accept_late:
                 return
             raise
         self._weight, self._generation = weight, gen
         self.emit(ev.RouterApplied, weight=weight, generation=gen, duration_ms=round(took * 1000, 2), shadow=shadow,
-                  hosts=getattr(self.router, "last_hosts", tuple)())  # a fleet: each host's outcome
-
-    def _file_weight(self) -> float | None:
-        try:
-            return self.router.current_weight()
-        except Exception:  # an unreadable file is no reason to stop the fail-safe
-            return None
+                  hosts=router_hosts(self.router))  # a fleet: each host's outcome
 
     async def _served(self) -> tuple[str | None, str]:
         """The generation nginx answers now (one probe) and a description of what that means."""
@@ -745,7 +747,7 @@ class Engine:
                 await self.clock.sleep(0.5 * (attempt + 1))
         else:
             _, served = await self._served()
-            held = self._file_weight()
+            held = file_weight(self.router)
             file_says = "unreadable" if held is None else f"canary {held}%"
             self.emit(ev.Failed, reason=f"rollback to 0% failed {ROLLBACK_ATTEMPTS} times: {last_error}; as far as anyone "
                       f"can tell {served}, the upstream file holds {file_says} and nginx last confirmed canary "

@@ -17,7 +17,7 @@ from pathlib import Path
 from console.core import events as ev
 from console.core.journal import Journal, read_records
 from console.core.lock import DriverLock, LockHeld, describe_holder, lock_path_for
-from console.core.protocols import RouterError, TrafficRouter
+from console.core.protocols import RouterError, TrafficRouter, file_weight, router_hosts
 from console.core.state import DeploymentState, deployments, unfinished
 
 
@@ -38,34 +38,21 @@ async def router_change(journal: Journal, router: TrafficRouter, weight: float, 
         took = await router.apply(weight, gen)
     except RouterError as e:
         journal.append(ev.RouterFailed(weight=weight, generation=gen, error=f"{e}: {e.detail}".rstrip(": "),
-                                       restored_weight=e.restored_weight, file_weight=_file_weight(router),
-                                       outcome="unconfirmed" if e.reloaded else "restored", hosts=_hosts(router),
+                                       restored_weight=e.restored_weight, file_weight=file_weight(router),
+                                       outcome="unconfirmed" if e.reloaded else "restored", hosts=router_hosts(router),
                                        **common))
         raise
     except Exception as e:  # not a router failure it knows (a bug, a bad argument): never leave the intent open
         journal.append(ev.RouterFailed(weight=weight, generation=gen, error=" ".join(f"{type(e).__name__}: {e}".split()),
-                                       file_weight=_file_weight(router), outcome="unconfirmed", **common))
+                                       file_weight=file_weight(router), outcome="unconfirmed", **common))
         raise
     if unverified:
         journal.append(ev.RouterFailed(weight=weight, generation=gen, error=f"not verified: {unverified}",
                                        file_weight=weight, outcome="unconfirmed", **common), *after)
         return took
-    journal.append(ev.RouterApplied(weight=weight, generation=gen, duration_ms=round(took * 1000, 2), hosts=_hosts(router),
+    journal.append(ev.RouterApplied(weight=weight, generation=gen, duration_ms=round(took * 1000, 2), hosts=router_hosts(router),
                                     **common), *after)
     return took
-
-
-def _hosts(router: TrafficRouter) -> tuple[dict, ...]:
-    """A fleet's per-host outcomes of its last change (one nginx: none)."""
-    last = getattr(router, "last_hosts", None)  # optional: only a FleetRouter has hosts
-    return tuple(last()) if callable(last) else ()
-
-
-def _file_weight(router: TrafficRouter) -> int | None:
-    try:
-        return router.current_weight()
-    except Exception:  # an unreadable file: say nothing about it rather than fail again
-        return None
 
 
 @dataclass(frozen=True)

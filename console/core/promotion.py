@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from console.core import events as ev
 from console.core.exits import ExitCode
-from console.core.protocols import DockerUnavailable, ImageTagger, RouterError, TrafficRouter
+from console.core.protocols import DockerUnavailable, ImageTagger, RouterError, TrafficRouter, file_weight
 from console.core.state import AT_100, PROMOTED, DeploymentState, deployments, last_applied_weight
 
 if TYPE_CHECKING:
@@ -196,12 +196,8 @@ async def execute(
     try:
         took = await router.apply(100, gen)
     except RouterError as e:
-        try:
-            held = router.current_weight()
-        except Exception:  # an unreadable file: say nothing about it rather than fail again
-            held = None
         emit(ev.RouterFailed(weight=100, generation=gen, error=f"{e}: {e.detail}".rstrip(": "),
-                             restored_weight=e.restored_weight, file_weight=held,
+                             restored_weight=e.restored_weight, file_weight=file_weight(router),
                              outcome="unconfirmed" if e.reloaded else "restored", **common))
         return Outcome(ExitCode.ROUTER, f"the production routing could not be applied: {e}; not promoted", tagged)
     emit(ev.RouterApplied(weight=100, generation=gen, duration_ms=round(took * 1000, 2), **common))

@@ -60,6 +60,21 @@ class TrafficRouter(Protocol):
         """The generation the proxy answers now, or (None, what came back instead)."""
 
 
+def file_weight(router: TrafficRouter) -> float | None:
+    """What the router's file holds now, or None when it cannot be read: on the way to a safe
+    state an unreadable file is reported as unknown, never raised again."""
+    try:
+        return router.current_weight()
+    except Exception:
+        return None
+
+
+def router_hosts(router: TrafficRouter) -> tuple[dict, ...]:
+    """A fleet's per-host outcomes of its last change (one nginx: none)."""
+    last = getattr(router, "last_hosts", None)  # optional: only a FleetRouter has hosts
+    return tuple(last()) if callable(last) else ()
+
+
 @dataclass(frozen=True)
 class CheckContext:
     deployment_id: str
@@ -170,14 +185,6 @@ class MetricSource(Protocol):
 
     def describe(self) -> str:
         """One line for operators: where the numbers come from (never a credential)."""
-
-
-def window_label(cfg: Any) -> str:
-    """The rate window as the operator wrote it ("5m"), or as seconds ("300s")."""
-    from console.core.config import format_duration
-
-    raw = cfg["metrics"]["rate_window"]
-    return raw if isinstance(raw, str) else format_duration(float(raw))
 
 
 class HealthProbe(Protocol):
