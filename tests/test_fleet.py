@@ -29,9 +29,9 @@ from console.core.exits import ExitCode
 from console.core.journal import Journal, read_records
 from console.core.protocols import RouterError
 from console.core.state import fold
-from console.wiring import build_engine, build_router
+from console.wiring import build_router
 from tests.fixtures.netns import Fleet, netns_left, start_fleet
-from tests.fixtures.real import REFUSE_TEST, journal_summary
+from tests.fixtures.real import REFUSE_TEST, journal_summary, run_engine
 
 pytestmark = pytest.mark.real
 
@@ -91,15 +91,7 @@ def test_a_whole_rollout_moves_every_host_together_and_journals_each_host(tmp_pa
         if isinstance(e, ev.StageStarted):
             splits[e.weight] = exact_at(fleet, e.weight)
 
-    async def main() -> int:
-        with Journal(cfg.journal_path) as j:
-            engine = build_engine(cfg, "v0.2.0", journal=j, listeners=[count])
-            try:
-                return await engine.run()
-            finally:
-                await engine.aclose()
-
-    code = asyncio.run(main())
+    code = run_engine(cfg, [count])
     recs = list(read_records(cfg.journal_path))
     assert code == ExitCode.OK, journal_summary(recs)
     assert splits == {w: {h.name: expect(w) for h in fleet.hosts} for w in (1, 5, 25, 100)}

@@ -23,10 +23,9 @@ from console.core import events as ev
 from console.core.config import ConfigError, is_weight, load_config, normalize_weight, validate_stages
 from console.core.eventfmt import format_event
 from console.core.exits import ExitCode
-from console.core.journal import Journal, read_records
-from console.wiring import build_engine
+from console.core.journal import read_records
 from tests.fixtures.nginx import NginxEnv, write_canary_toml
-from tests.fixtures.real import journal_summary, shutting_down, wait_for
+from tests.fixtures.real import journal_summary, run_engine, shutting_down, wait_for
 
 TENTHS = [t // 10 if t % 10 == 0 else t / 10 for t in range(1001)]  # every weight there is: 0, 0.1, ... 99.9, 100
 
@@ -203,15 +202,7 @@ def test_a_rollout_through_0_1_percent_splits_exactly_at_every_stage(tmp_path: P
             split = env.send(1_000)
             seen[e.weight] = (st["canary_weight"], st["production_weight"], st["confirmed"], astuple(split))
 
-    async def main() -> int:
-        with Journal(cfg.journal_path) as j:
-            engine = build_engine(cfg, "v0.2.0", journal=j, listeners=[at_stage])
-            try:
-                return await engine.run()
-            finally:
-                await engine.aclose()
-
-    code = asyncio.run(main())
+    code = run_engine(cfg, [at_stage])
     recs = list(read_records(cfg.journal_path))
     assert code == ExitCode.OK, journal_summary(recs)
     assert seen == {0.1: (0.1, 99.9, True, (999, 1, 0)), 1: (1, 99, True, (990, 10, 0)), 100: (100, 0, True, (0, 1000, 0))}
