@@ -5,9 +5,11 @@ import signal
 pytest_plugins = [
     "tests.fixtures.dockerd",
     "tests.fixtures.nginx",
+    "tests.fixtures.dynamic",
     "tests.fixtures.nginx_docker",
     "tests.fixtures.demo_services",
     "tests.fixtures.prometheus",
+    "tests.fixtures.browser",
 ]
 
 

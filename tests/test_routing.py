@@ -16,6 +16,7 @@ from console.adapters.nginx.render import render_upstream
 from console.core.config import load_config
 from console.sandbox.nginx_local import LocalNginx
 from tests.fixtures.backends import Backends
+from tests.fixtures.dynamic import LOAD_LUA, need_lua
 from tests.fixtures.nginx import UPSTREAM_NAME, NginxEnv, render_plain_conf, write_canary_toml
 from tests.fixtures.real import free_port, need_binary
 
@@ -23,26 +24,32 @@ CLI = str(Path(sys.executable).parent / "canary-console")
 ROUTE = f"${UPSTREAM_NAME}_route"
 
 
-@pytest.fixture
-def routed_nginx(tmp_path: Path, backends: Backends):
+@pytest.fixture(params=["reload", "dynamic"])
+def routed_nginx(request, tmp_path: Path, backends: Backends):
     """An operator's nginx.conf that proxies to ``$fragrance_app_route`` (as the override needs),
-    with verification through verify_listen; the include starts at 0%."""
+    with verification through verify_listen; the include starts at 0%.  In both ``[nginx] mode``s
+    (dynamic: nginx.conf loads the Lua module, the router sets weights over the endpoint)."""
     need_binary("nginx")
+    dynamic = request.param == "dynamic"
+    if dynamic:
+        need_lua()
     prefix = tmp_path / "nginx"
     (prefix / "conf.d").mkdir(parents=True)
     upstream = prefix / "conf.d" / "upstream.conf"
     listen = f"127.0.0.1:{free_port()}"
     routing = {"override_header": "X-Canary", "override_cookie": "canary"}
+    mode = {"mode": "dynamic", "dynamic_listen": f"127.0.0.1:{free_port()}"} if dynamic else {}
     upstream.write_text(render_upstream(UPSTREAM_NAME, backends.production.address, backends.canary.address, 0, "initial",
-                                        listen, **routing))
+                                        listen, **routing, dynamic_listen=mode.get("dynamic_listen", "")))
     port = free_port()
     conf = render_plain_conf(prefix, port, upstream).replace(f"proxy_pass http://{UPSTREAM_NAME};", f"proxy_pass http://{ROUTE};")
+    conf = LOAD_LUA + conf if dynamic else conf
     assert ROUTE in conf
     nginx = LocalNginx(prefix, port, upstream, upstream_name=UPSTREAM_NAME, conf_text=conf, die_with_parent=True)
     nginx.start()
     env = NginxEnv(nginx, backends, upstream, UPSTREAM_NAME, tmp_path)
     try:
-        yield env, listen, routing
+        yield env, listen, {**routing, **mode}
     finally:
         nginx.stop()
 
@@ -61,8 +68,9 @@ def send(env: NginxEnv, n: int, headers: dict[str, str]) -> tuple[int, int]:
     return after["production"] - before["production"], after["canary"] - before["canary"]
 
 
-def router(env: NginxEnv, listen: str, **routing: str) -> NginxRouter:
-    return env.router(verify_listen=listen, verify_url=f"http://{listen}/__canary/generation", routing=routing)
+def router(env: NginxEnv, listen: str, mode: str = "reload", dynamic_listen: str = "", **routing: str) -> NginxRouter:
+    return env.router(verify_listen=listen, verify_url=f"http://{listen}/__canary/generation", routing=routing,
+                      mode=mode, dynamic_listen=dynamic_listen)
 
 
 @pytest.mark.real

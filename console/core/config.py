@@ -8,6 +8,7 @@ allowed; the CLI turns it into exit code 2 before anything is changed.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -36,6 +37,12 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         "promote_after": ("float", 1800.0),
         "required_approvals": ("int", 0),
         "health_timeout": ("float", 5.0),
+        # the guide's "warm up canary": this many requests straight to the canary ([health] canary_url's
+        # host) before stage 1, kept out of the gates' samples; 0 = off.  The bodies are cycled (POST)
+        "warmup_requests": ("int", 0),
+        "warmup_method": ("str", "POST"),
+        "warmup_path": ("str", "/api/generate"),
+        "warmup_bodies": ("list[str]", ['{"mode": "fast", "notes": ["citrus", "floral"]}']),
     },
     "nginx": {
         "upstream_file": ("str", "nginx/conf.d/upstream.conf"),
@@ -51,6 +58,13 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
         # "host:port" on loopback: the managed include then defines its own server with the
         # generation location there, and verify_url (left at its default) points at it; "" = off
         "verify_listen": ("str", ""),
+        # "reload": every change is an nginx reload; "dynamic": a weight change is set in a shared dict
+        # that a Lua balancer reads (no reload; needs nginx's Lua module, docs/router.md "Dynamic mode")
+        "mode": ("str", "reload"),
+        # dynamic mode: the loopback "host:port" of the endpoint the include defines, and where
+        # canary-console reaches it ("" = http://<dynamic_listen>/__canary/dynamic)
+        "dynamic_listen": ("str", "127.0.0.1:8090"),
+        "dynamic_url": ("str", ""),
         "access_log": ("str", "/var/log/nginx/canary.log"),
     },
     "health": {
@@ -161,9 +175,11 @@ SCHEMA: dict[str, dict[str, tuple[str, Any]]] = {
 }
 
 CHOICES = {
+    ("nginx", "mode"): ("reload", "dynamic"),  # console.adapters.nginx.router.MODES
     ("metrics", "source"): ("prometheus", "scrape", "none"),
     ("gates", "on_inconclusive"): ("hold", "rollback"),
     ("gates", "on_metrics_unavailable"): ("hold", "rollback"),
+    ("rollout", "warmup_method"): ("POST", "GET"),
     ("notify", "format"): ("generic", "slack", "teams"),  # console.adapters.webhook reads them from here
 }
 
@@ -655,6 +671,9 @@ def parse_nginx_hosts(raw: Any, cfg: Config, where: str, check_upstream_dir: boo
             except ValueError as e:
                 raise ConfigError(f"{where}: {label} verify_listen = {host['verify_listen']!r} is not valid ({e}); "
                                   f"allowed: {LOOPBACK_LISTEN_ALLOWED}") from None
+        if host["mode"] not in CHOICES[("nginx", "mode")]:
+            raise ConfigError(f"{where}: {label} mode = {host['mode']!r} is not valid; allowed: reload or dynamic")
+        _check_dynamic_listen(host, f"{where}: {label}")
         f = cfg.resolve(host["upstream_file"])
         if f in files:
             raise ConfigError(f"{where}: {label} upstream_file = {host['upstream_file']!r} is also the file of "
@@ -675,6 +694,29 @@ NGINX_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 NAME_ALLOWED = "letters, digits, _ . - (at most 64)"
 
 
+def _check_dynamic_listen(n: dict[str, Any], where: str) -> None:
+    """``dynamic_listen`` in dynamic mode: a loopback "host:port" (the endpoint sets the weights)."""
+    if n["mode"] != "dynamic":
+        return
+    try:
+        parse_loopback_listen(n["dynamic_listen"])
+    except ValueError as e:
+        raise ConfigError(f"{where} dynamic_listen = {n['dynamic_listen']!r} is not valid ({e}); "
+                          f"allowed: {LOOPBACK_LISTEN_ALLOWED} (mode = \"dynamic\" needs it)") from None
+    import ipaddress
+
+    for key in ("production", "canary"):
+        host = str(n[key]).rpartition(":")[0].strip("[]")
+        if str(n[key]).startswith("unix:"):
+            continue
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(f"{where} {key} = {n[key]!r} is not valid with mode = \"dynamic\"; allowed: an IP address "
+                              'and port such as "127.0.0.1:8000" (the Lua balancer cannot resolve names), or '
+                              'mode = "reload"') from None
+
+
 def address_problem(value: object) -> str:
     """What an nginx server address allows, when ``value`` is not that ("" when it is)."""
     return "" if isinstance(value, str) and NGINX_ADDRESS.fullmatch(value) else ADDRESS_ALLOWED
@@ -688,6 +730,7 @@ URL_KEYS: dict[tuple[str, str], tuple[bool, bool]] = {
     ("scrape", "production"): (True, False),
     ("scrape", "canary"): (True, False),
     ("nginx", "verify_url"): (True, False),
+    ("nginx", "dynamic_url"): (True, False),
     ("notify", "webhook_url"): (True, True),
 }
 URL_ALLOWED = "an absolute http:// or https:// URL with a host, in ASCII, no spaces"
@@ -816,6 +859,33 @@ def validate_stages(stages: list[Any], where: str) -> list[int | float]:
     return norm
 
 
+WARMUP_MAX = 100_000
+_WARMUP_PATH = re.compile(r"/[!-~]{0,1023}")  # ASCII, no spaces: an absolute path (and query)
+
+
+def _validate_warmup(cfg: Config) -> None:
+    """``[rollout] warmup_*``: one line each (console/adapters/warmup.py sends them)."""
+    r = cfg["rollout"]
+    n = r["warmup_requests"]
+    if n > WARMUP_MAX:
+        raise ConfigError(f"{cfg.origin('rollout', 'warmup_requests')}: [rollout] warmup_requests = {n} is not valid; "
+                          f"allowed: an integer from 0 (off) to {WARMUP_MAX}")
+    if not _WARMUP_PATH.fullmatch(r["warmup_path"]):
+        raise ConfigError(f"{cfg.origin('rollout', 'warmup_path')}: [rollout] warmup_path = {r['warmup_path']!r} is "
+                          'not valid; allowed: an absolute path such as "/api/generate" (ASCII, no spaces)')
+    for i, body in enumerate(r["warmup_bodies"], 1):
+        try:
+            json.loads(body)
+        except ValueError:
+            raise ConfigError(f"{cfg.origin('rollout', 'warmup_bodies')}: [rollout] warmup_bodies number {i} = "
+                              f"{body[:60]!r} is not JSON; allowed: JSON texts such as "
+                              "'{\"mode\": \"fast\", \"notes\": [\"citrus\"]}', sent in turn") from None
+    if n > 0 and not cfg["health"]["canary_url"]:
+        raise ConfigError(f"{cfg.origin('rollout', 'warmup_requests')}: [rollout] warmup_requests = {n} needs "
+                          "[health] canary_url (the warm-up goes to that host, straight to the canary); "
+                          "allowed: set canary_url, or warmup_requests = 0")
+
+
 def _validate(cfg: Config, check_upstream_dir: bool) -> None:
     where = str(cfg.path) if cfg.path else "defaults"
     cfg.values["rollout"]["stages"] = validate_stages(cfg.stages, where)
@@ -826,6 +896,7 @@ def _validate(cfg: Config, check_upstream_dir: bool) -> None:
     if not r["shadow_period"] >= 0:
         raise ConfigError(f"{where}: [rollout] shadow_period = {r['shadow_period']} is not valid; "
                           "allowed: a number of seconds >= 0 (0 = no shadow stage)")
+    _validate_warmup(cfg)
     for (section, key), allowed in CHOICES.items():
         if cfg[section][key] not in allowed:
             raise ConfigError(f"{cfg.origin(section, key)}: [{section}] {key} = {cfg[section][key]!r} is not valid; "
@@ -833,6 +904,7 @@ def _validate(cfg: Config, check_upstream_dir: bool) -> None:
     for key in ("test_command", "reload_command"):
         if not cfg["nginx"][key]:
             raise ConfigError(f"{where}: [nginx] {key} is empty; allowed: an argv list such as [\"nginx\", \"-t\"]")
+    _check_dynamic_listen(cfg["nginx"], f"{cfg.origin('nginx', 'dynamic_listen')}: [nginx]")
     if cfg["nginx"]["verify_listen"]:
         try:
             parse_loopback_listen(cfg["nginx"]["verify_listen"])

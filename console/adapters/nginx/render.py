@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 
+from console.adapters.nginx.dynamic import dynamic_lines
 from console.core.config import (
     LOOPBACK_LISTEN_ALLOWED,
     NAME_ALLOWED,
@@ -40,6 +41,7 @@ __all__ = [
     "HEADER",
     "MIRROR_PATH",
     "check_address",
+    "check_dynamic_listen",
     "check_generation",
     "check_name",
     "check_override",
@@ -50,6 +52,7 @@ __all__ = [
     "header_weight",
     "listen_url",
     "mirror_location",
+    "shadow_of",
     "render_upstream",
     "weight_of",
 ]
@@ -131,6 +134,14 @@ def check_verify_listen(value: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def check_dynamic_listen(value: str) -> str:
+    """``[nginx] dynamic_listen``: the same rules as ``verify_listen`` (loopback "host:port", "" = off)."""
+    try:
+        return check_verify_listen(value)
+    except ValueError as e:
+        raise ValueError(str(e).replace("verify_listen", "dynamic_listen", 1)) from None
+
+
 def listen_url(verify_listen: str) -> str:
     """The generation URL of the server the include defines for ``verify_listen``."""
     return f"http://{check_verify_listen(verify_listen)}{GENERATION_PATH}"
@@ -142,6 +153,7 @@ def listen_url(verify_listen: str) -> str:
 def render_upstream(
     name: str, production: str, canary: str, weight: float, generation: str, verify_listen: str = "", *,
     sticky_key: str = "", override_header: str = "", override_cookie: str = "", shadow: bool | None = None,
+    dynamic_listen: str = "",
 ) -> str:
     """The whole include file for ``weight`` % canary.  Pure: same input, same bytes.
 
@@ -166,7 +178,12 @@ def render_upstream(
 
     ``shadow``: None = no shadow stage configured (nothing more); False or True = the file also
     defines ``upstream <name>__canary`` (once, whatever the override defines) and maps
-    ``$canary_shadow`` to 0 or 1, which nginx.conf's mirror location reads."""
+    ``$canary_shadow`` to 0 or 1, which nginx.conf's mirror location reads.
+
+    ``dynamic_listen`` ("host:port" on loopback, "" = reload mode): ``[nginx] mode = "dynamic"``,
+    the file also defines the shared dict, the Lua balancer in the upstream and the endpoint
+    server there (``console.adapters.nginx.dynamic``); the server lines stay what they would be,
+    so the file reads back the same way."""
     check_name(name)
     check_address("production", production)
     check_address("canary", canary)
@@ -175,16 +192,20 @@ def render_upstream(
     listen = check_verify_listen(verify_listen)
     sticky = check_sticky_key(sticky_key)
     header, cookie = check_override("override_header", override_header), check_override("override_cookie", override_cookie)
+    dyn = check_dynamic_listen(dynamic_listen)
+    before, inside, dyn_server = dynamic_lines(name, production, canary, weight, generation, dyn, sticky) if dyn else ([], [], [])
     lines = [
         HEADER,
         f"# canary-weight: {weight}",
         f"# generation: {generation}",
         "",
-        "# A shared zone makes smooth weighted round-robin exact across all workers.",
+        *before,
+        "# The Lua balancer below picks per request; the server lines are what the file routes."
+        if dyn else "# A shared zone makes smooth weighted round-robin exact across all workers.",
         f"upstream {name} {{",
         f"    zone {name} 64k;",
     ]
-    if sticky and 0 < weight < 100:
+    if sticky and 0 < weight < 100 and not dyn:
         lines.append(f"    hash {sticky};  # [routing] sticky_key: one key, one version (see below)")
     total, canary_w = (100, weight) if isinstance(weight, int) else (1000, round(weight * 10))
     if weight < 100:
@@ -192,14 +213,23 @@ def render_upstream(
     if weight > 0:
         lines.append(f"    server {canary} weight={canary_w};")
     lines += [
+        *inside,
         "}",
         "",
         *_override_lines(name, production, canary, header, cookie),
         *_shadow_lines(name, canary, shadow, defined=bool(header or cookie)),
         f"# Echoed by `location = {GENERATION_PATH}`: the router polls it to know this file is live.",
-        "map $host $canary_generation {",
-        f'    default "{generation}";',
-        "}",
+        *([
+            "# mode = \"dynamic\": a request the balancer routed logs the generation it routed by (set below).",
+            "map $canary_live_generation $canary_generation {",
+            f'    default "{generation}";',
+            '    "~." $canary_live_generation;',
+            "}",
+        ] if dyn else [
+            "map $host $canary_generation {",
+            f'    default "{generation}";',
+            "}",
+        ]),
         "",
     ]
     if listen:
@@ -219,7 +249,7 @@ def render_upstream(
             "}",
             "",
         ]
-    return "\n".join(lines)
+    return "\n".join(lines + dyn_server)
 
 
 def _override_lines(name: str, production: str, canary: str, header: str, cookie: str) -> list[str]:
@@ -284,6 +314,7 @@ def _check_routing(key: str, value: str) -> str:
 _UPSTREAM_BLOCK = re.compile(r"^\s*upstream\s+(\S+)\s*\{(.*?)\}", re.M | re.S)
 _SERVER = re.compile(r"^\s*server\s+(\S+?)((?:\s+[^;\s]+)*)\s*;", re.M)
 _GEN_DEFAULT = re.compile(r'map\s+\S+\s+\$canary_generation\s*\{[^}]*?default\s+"?([^";\s]+)"?\s*;', re.S)
+_SHADOW_DEFAULT = re.compile(r"map\s+\S+\s+\$canary_shadow\s*\{[^}]*?default\s+([01])\s*;", re.S)
 _HEADER_WEIGHT = re.compile(r"^# canary-weight: (\d{1,3}(?:\.\d)?)$", re.M)
 
 
@@ -338,3 +369,9 @@ def generation_of(text: str) -> str | None:
     """The generation id an upstream file maps ``$canary_generation`` to (None: none)."""
     m = _GEN_DEFAULT.search(_strip_comments(text))
     return m.group(1) if m else None
+
+
+def shadow_of(text: str) -> bool | None:
+    """Whether a file maps ``$canary_shadow`` to 1 (None: it has no shadow map)."""
+    m = _SHADOW_DEFAULT.search(_strip_comments(text))
+    return m.group(1) == "1" if m else None

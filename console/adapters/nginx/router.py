@@ -13,18 +13,31 @@ The file is written whole on every change, so nginx.conf only needs
 
 ``preflight()`` proves, before a rollout, that the router can see what nginx serves.
 
+With ``mode = "dynamic"`` (``console.adapters.nginx.dynamic``) a change of the weight alone is
+instead: write the file, set the weight and generation over the loopback endpoint, read them
+back from every worker a burst of fresh connections reaches; no ``nginx -t``, no reload.  Any
+other change (addresses, routing, the shadow switch, a file that is not this router's dynamic
+file yet) takes the reload path above, and so does a change the endpoint did not take.
+
 This module is on the CLI's rollback path: it imports only light stdlib modules.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from console.adapters.nginx.dynamic import (
+    EndpointUnreachable,
+    confirm_dynamic,
+    dynamic_url,
+    lua_module_missing,
+    read_dynamic,
+    set_dynamic,
+)
 from console.adapters.nginx.files import DEFAULT_COMMAND_TIMEOUT, remove_durably, run_command, write_atomic
 from console.adapters.nginx.probe import (
     DEFAULT_VERIFY_BURST,
@@ -40,6 +53,7 @@ from console.adapters.nginx.render import (
     GENERATION_LOCATION,
     HEADER,
     check_address,
+    check_dynamic_listen,
     check_generation,
     check_name,
     check_verify_listen,
@@ -48,6 +62,7 @@ from console.adapters.nginx.render import (
     header_weight,
     listen_url,
     render_upstream,
+    shadow_of,
     weight_of,
 )
 from console.core.protocols import RouterError
@@ -72,6 +87,7 @@ __all__ = [
 ]
 
 EXAMPLE_VERIFY_LISTEN = "127.0.0.1:8089"
+MODES = ("reload", "dynamic")
 
 
 class PreflightFailed(RouterError):
@@ -96,6 +112,9 @@ class Staged:
     what: str  # "25%", for messages
     old_weight: float | None = None  # what ``old`` routes (None: no file, or not ours)
     old_generation: str | None = None
+    live: bool = False  # dynamic mode: ``reload`` sets the weight over the endpoint instead
+    weight: float | None = None  # what the change routes
+    generation: str | None = None
 
 
 class NginxRouter:
@@ -127,6 +146,9 @@ class NginxRouter:
         verify_interval: float = DEFAULT_VERIFY_INTERVAL,
         verify_burst: int = DEFAULT_VERIFY_BURST,
         verify_settle: float = DEFAULT_VERIFY_SETTLE,
+        mode: str = "reload",
+        dynamic_listen: str = "",
+        dynamic_endpoint: str = "",
     ) -> None:
         self.upstream_file = Path(upstream_file)
         self.upstream_name = check_name(upstream_name)
@@ -154,10 +176,27 @@ class NginxRouter:
         self.verify_interval = float(verify_interval)
         self.verify_burst = max(1, int(verify_burst))
         self.verify_settle = max(0.0, float(verify_settle))
-        self._lock = asyncio.Lock()
+        # mode = "dynamic": weight changes over the endpoint the include defines on dynamic_listen
+        if mode not in MODES:
+            raise ValueError(f"[nginx] mode = {mode!r} is not valid; allowed: {' or '.join(MODES)}")
+        self.mode = mode
+        self.dynamic = mode == "dynamic"
+        self.dynamic_listen = check_dynamic_listen(dynamic_listen) if self.dynamic else ""
+        if self.dynamic:
+            if not self.dynamic_listen:
+                raise ValueError('[nginx] dynamic_listen is empty; allowed: with mode = "dynamic", a loopback '
+                                 '"host:port" such as "127.0.0.1:8090" (or mode = "reload")')
+            for key, address in (("production", self.production), ("canary", self.canary)):
+                _check_ip_peer(key, address)
+        self.dynamic_url = dynamic_endpoint or (dynamic_url(self.dynamic_listen) if self.dynamic else "")
+        if self.dynamic_url:
+            parse_http_url(self.dynamic_url)
+        self._live: dict[str, float] = {}  # generation -> weight set over the endpoint (the last few)
+        self._lock = self._new_lock()
         # cumulative seconds since apply() began at each step (write, test, reload, total) and
         # the verification's first_new / probes: for bench/rollback.py and for the curious
         self.last_timings: dict[str, float] = {}
+        self.last_fallback = ""  # dynamic mode: why the last change took the reload path instead ("" = it did not)
 
     @classmethod
     def from_config(cls, cfg: Config, host: dict[str, Any] | None = None) -> NginxRouter:
@@ -182,6 +221,9 @@ class NginxRouter:
             verify_listen=n["verify_listen"],
             routing=dict(cfg["routing"]),
             shadow_stage=cfg["rollout"]["shadow_period"] > 0,
+            mode=n["mode"],
+            dynamic_listen=n["dynamic_listen"],
+            dynamic_endpoint=n["dynamic_url"],
         )
 
     # ---- reading
@@ -217,7 +259,45 @@ class NginxRouter:
         if shadow and not self.shadow_stage:
             raise ValueError("a shadow stage needs [rollout] shadow_period > 0 (the file then maps $canary_shadow)")
         return render_upstream(self.upstream_name, self.production, self.canary, weight, generation, self.verify_listen,
-                               **self.routing, shadow=shadow if self.shadow_stage else None)
+                               **self.routing, shadow=shadow if self.shadow_stage else None,
+                               dynamic_listen=self.dynamic_listen)
+
+    def _live_ok(self, old: bytes | None, shadow: bool) -> bool:
+        """Dynamic mode, and ``old`` is exactly this router's dynamic file for its own weight,
+        generation and shadow switch: then only the weight and generation change (no reload)."""
+        if not self.dynamic or old is None:
+            return False
+        text = old.decode(errors="replace")
+        w, g, s = weight_of(text, self.upstream_name, self.production, self.canary), generation_of(text), shadow_of(text)
+        if w is None or g is None or bool(s) != bool(shadow and self.shadow_stage):
+            return False
+        try:
+            return self.render(w, g, bool(s)).encode() == old
+        except ValueError:
+            return False
+
+    def _remember(self, generation: str, weight: float) -> None:
+        self._live[generation] = weight
+        while len(self._live) > 16:
+            del self._live[next(iter(self._live))]
+
+    async def _live_change(self, new: bytes, old: bytes | None, weight: float, generation: str, t0: float,
+                           timings: dict[str, float]) -> None:
+        """Dynamic mode: write, set over the endpoint, read back.  EndpointUnreachable (nginx did not
+        take it) with the old file back; RouterNotVerified (it may have) with the new file kept."""
+        mode, owner = self._mode_owner(old)
+        write_atomic(self.upstream_file, new, mode, owner)
+        timings["write"] = time.perf_counter() - t0
+        try:
+            await set_dynamic(self.dynamic_url, weight, generation, self.verify_timeout)
+        except EndpointUnreachable:
+            self._restore(old, mode, owner)
+            raise
+        self._remember(generation, weight)
+        timings["set"] = time.perf_counter() - t0
+        await confirm_dynamic(self.dynamic_url, weight, generation, self.verify_timeout, self.verify_burst,
+                              self.verify_interval, timings)
+        timings["confirm"] = time.perf_counter() - t0
 
     # ---- changing
 
@@ -231,8 +311,18 @@ class NginxRouter:
         self.last_timings = timings
         async with self._lock:
             old = self._read()
-            await self._swap(self.render(weight, generation, shadow).encode(), old, _what(weight, shadow), RouterError,
-                             t0, timings)
+            new = self.render(weight, generation, shadow).encode()
+            self.last_fallback = ""
+            if self._live_ok(old, shadow):
+                try:
+                    await self._live_change(new, old, weight, generation, t0, timings)
+                    timings["total"] = time.perf_counter() - t0
+                    return timings["total"]
+                except EndpointUnreachable as e:
+                    # nginx did not take it (not loaded, not listening): the reload path does the change
+                    timings["fallback"] = time.perf_counter() - t0
+                    self.last_fallback = str(e)
+            await self._swap(new, old, _what(weight, shadow), RouterError, t0, timings)
             if self.verify_url:
                 # the reload was signalled: on a timeout the new file stays (RouterNotVerified)
                 await self._verify(generation, timings)
@@ -286,15 +376,28 @@ class NginxRouter:
                 )
             generation = generation or f"preflight-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.urandom(3).hex()}"
             check_generation(generation)
-            await self._swap(self.render(weight, generation).encode(), old, f"the preflight at {weight}%",
-                             PreflightFailed, t0, timings)
+            try:
+                await self._swap(self.render(weight, generation).encode(), old,
+                                 f"the preflight at {weight}%", PreflightFailed, t0, timings)
+            except PreflightFailed as e:
+                if self.dynamic and lua_module_missing(e.detail):
+                    raise PreflightFailed(
+                        f"preflight: nginx has no Lua module for [nginx] mode = \"dynamic\" ({first_error_line(e.detail)}); "
+                        f"{self.upstream_file} left as it was, nginx not reloaded; fix: install libnginx-mod-http-lua and "
+                        "lua-resty-core and load the module in nginx.conf (Debian's stock nginx.conf includes "
+                        '/etc/nginx/modules-enabled/*.conf), or set [nginx] mode = "reload", which works without them',
+                        detail=e.detail, restored_weight=e.restored_weight, answer="no Lua module") from None
+                raise
             try:
                 await self._verify(generation, timings)
+                if self.dynamic:
+                    await self._preflight_endpoint(weight, generation, timings)
             except RouterNotVerified as e:
                 restored = await self._put_back_and_reload(old)
+                what = (e.answer if e.answer.startswith("the dynamic endpoint") else
+                        f"{self.verify_url} did not answer the new generation within {self.verify_timeout:g}s (got {e.answer})")
                 raise PreflightFailed(
-                    f"preflight: {self.verify_url} did not answer the new generation within {self.verify_timeout:g}s "
-                    f"(got {e.answer}); {self.upstream_file} {restored}; fix: {self._fix(e.answer)}",
+                    f"preflight: {what}; {self.upstream_file} {restored}; fix: {self._fix(e.answer)}",
                     detail=e.detail,
                     restored_weight=weight,
                     answer=e.answer,
@@ -305,9 +408,27 @@ class NginxRouter:
         timings["total"] = time.perf_counter() - t0
         return timings["total"]
 
+    async def _preflight_endpoint(self, weight: float, generation: str, timings: dict[str, float]) -> None:
+        """Dynamic mode: the endpoint answers the file nginx just loaded (RouterNotVerified otherwise)."""
+        try:
+            await confirm_dynamic(self.dynamic_url, weight, generation, min(self.verify_timeout, 2.0), self.verify_burst,
+                                  self.verify_interval, timings)
+        except RouterNotVerified as e:
+            raise RouterNotVerified(
+                f"the dynamic endpoint {self.dynamic_url} did not answer {generation}", detail=e.detail,
+                answer=f"the dynamic endpoint {self.dynamic_url}: {e.answer or 'no answer'}") from None
+        timings["endpoint"] = timings.get("verify", 0.0)
+
     async def served_generation(self, timeout: float = 2.0) -> tuple[str | None, str]:
-        """What nginx answers on ``verify_url`` now: (the generation, "") or (None, what came back
-        instead: connection refused, HTTP 404, a timeout...).  One request, no retries."""
+        """What nginx answers on ``verify_url`` now (dynamic mode: on the dynamic endpoint, what
+        the balancer uses): (the generation, "") or (None, what came back instead: connection
+        refused, HTTP 404, a timeout...).  One request, no retries."""
+        if self.dynamic:
+            try:
+                got = await read_dynamic(self.dynamic_url, timeout)
+            except (OSError, TimeoutError, ValueError, RouterError) as e:
+                return None, "connection refused" if "refused" in str(e) else f"{type(e).__name__}: {e}"
+            return (got[0], "") if got else (None, f"{self.dynamic_url}: another answer")
         if not self.verify_url:
             return None, "verification is off ([nginx] verify_url is empty)"
         host, port, path, host_header = parse_http_url(self.verify_url)
@@ -324,6 +445,12 @@ class NginxRouter:
 
     def _fix(self, answer: str) -> str:
         """What the operator changes so the probe sees nginx: one line, nginx syntax."""
+        if answer.startswith("the dynamic endpoint"):
+            return (
+                f"nginx.conf must include {self.upstream_file} at http level (it defines the endpoint on "
+                f"{self.dynamic_listen}), nothing else may listen there, and canary-console must reach it "
+                f'({self.dynamic_url}); or set [nginx] mode = "reload", which needs no endpoint'
+            )
         if self.verify_listen and self.verify_url == listen_url(self.verify_listen):
             return (
                 f"nginx.conf must include {self.upstream_file} at http level (it defines the server on "
@@ -353,7 +480,7 @@ class NginxRouter:
         write_atomic(self.upstream_file, new, mode, owner)
         timings["write"] = time.perf_counter() - t0
         try:
-            rc, out = await run_command(self.test_command, self.command_timeout)
+            rc, out = await self._run(self.test_command)
         except BaseException:
             self._restore(old, mode, owner)
             raise
@@ -370,7 +497,7 @@ class NginxRouter:
 
     async def _reload(self, staged: Staged, error: type[RouterError], t0: float, timings: dict[str, float]) -> None:
         """Reload what ``_write_and_test`` passed; on a failure put the old file back and raise ``error``."""
-        rc, out = await run_command(self.reload_command, self.command_timeout)
+        rc, out = await self._run(self.reload_command)
         timings["reload"] = time.perf_counter() - t0
         if rc != 0:
             self._restore(staged.old, staged.mode, staged.owner)
@@ -397,26 +524,70 @@ class NginxRouter:
         old bytes are back and RouterError is raised.  The caller holds the fleet's lock."""
         check_weight(weight)
         check_generation(generation)
-        return await self._write_and_test(self.render(weight, generation, shadow).encode(), self._read(), _what(weight, shadow),
-                                          RouterError, time.perf_counter(), {} if timings is None else timings)
+        old, new = self._read(), self.render(weight, generation, shadow).encode()
+        if self._live_ok(old, shadow):  # dynamic mode: no nginx -t for a change of the weight alone
+            mode, owner = self._mode_owner(old)
+            write_atomic(self.upstream_file, new, mode, owner)
+            return replace(self._staged(old, _what(weight, shadow), mode, owner), live=True, weight=weight,
+                           generation=generation)
+        return await self._write_and_test(new, old, _what(weight, shadow), RouterError, time.perf_counter(),
+                                          {} if timings is None else timings)
 
     async def reload(self, staged: Staged, timings: dict[str, float] | None = None) -> None:
-        """Phase 2: reload a staged change; on a failure the old file is back and RouterError is raised."""
+        """Phase 2: reload a staged change (dynamic mode: set it over the endpoint); on a failure the
+        old file is back and RouterError is raised."""
+        if staged.live and staged.weight is not None and staged.generation is not None:
+            t0 = time.perf_counter()
+            try:
+                await set_dynamic(self.dynamic_url, staged.weight, staged.generation, self.verify_timeout)
+            except EndpointUnreachable as e:
+                self._restore(staged.old, staged.mode, staged.owner)
+                raise RouterError(f"{e}; {self.upstream_file} put back as it was", detail=e.detail,
+                                  restored_weight=staged.old_weight) from None
+            except RouterNotVerified:
+                pass  # nginx may have taken it: confirm() says
+            self._remember(staged.generation, staged.weight)
+            if timings is not None:
+                timings["set"] = time.perf_counter() - t0
+            return
         await self._reload(staged, RouterError, time.perf_counter(), {} if timings is None else timings)
 
     async def confirm(self, generation: str, timings: dict[str, float] | None = None) -> None:
         """Phase 3: return once nginx verifiably serves ``generation`` (RouterNotVerified after
-        ``verify_timeout``); at once when verification is off."""
-        if self.verify_url:
+        ``verify_timeout``); at once when verification is off.  A generation set over the dynamic
+        endpoint is read back there."""
+        if generation in self._live:
+            await confirm_dynamic(self.dynamic_url, self._live[generation], generation, self.verify_timeout,
+                                  self.verify_burst, self.verify_interval, timings)
+        elif self.verify_url:
             await self._verify(generation, {} if timings is None else timings)
 
     async def put_back(self, staged: Staged, reload: bool) -> str:
         """Undo a staged change: the old bytes (or no file) again, reloaded when ``reload``.
-        Returns what happened, for a message."""
+        Returns what happened, for a message.  A dynamic change is put back over the endpoint."""
+        if reload and staged.live and staged.old_weight is not None and staged.old_generation is not None:
+            self._restore(staged.old, staged.mode, staged.owner)
+            try:
+                await set_dynamic(self.dynamic_url, staged.old_weight, staged.old_generation, self.verify_timeout)
+                self._remember(staged.old_generation, staged.old_weight)
+                return "put back as it was and set over the dynamic endpoint"
+            except RouterError:
+                self._live.pop(staged.old_generation, None)
+                return await self._put_back_and_reload(staged.old)
         if reload:
             return await self._put_back_and_reload(staged.old)
         self._restore(staged.old, staged.mode, staged.owner)
         return "put back as it was, nginx not reloaded"
+
+    # ---- the router's waits: an event loop's here, none in quick.QuickRouter (the CLI's rollback)
+
+    def _new_lock(self) -> Any:
+        import asyncio
+
+        return asyncio.Lock()
+
+    async def _run(self, argv: list[str]) -> tuple[int, str]:
+        return await run_command(argv, self.command_timeout)
 
     async def _verify(self, generation: str, timings: dict[str, float]) -> None:
         await verify_generation(
@@ -434,7 +605,7 @@ class NginxRouter:
         """After a reload with a rewrite the probe could not confirm: the old bytes, reloaded.
         Returns what happened, for the message."""
         self._restore(old, *self._mode_owner(old))
-        rc, out = await run_command(self.reload_command, self.command_timeout)
+        rc, out = await self._run(self.reload_command)
         if rc != 0:
             return f"put back as it was, but the reload after that failed ({first_error_line(out)})"
         return "put back as it was and nginx reloaded"
@@ -453,6 +624,20 @@ class NginxRouter:
             remove_durably(self.upstream_file)
         else:
             write_atomic(self.upstream_file, old, mode, owner)
+
+
+def _check_ip_peer(key: str, address: str) -> None:
+    """Dynamic mode: nginx's Lua balancer connects to an IP address (or a unix socket), it cannot resolve a name."""
+    import ipaddress
+
+    if address.startswith("unix:"):
+        return
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f'[nginx] {key} = {address!r} is not valid with mode = "dynamic"; allowed: an IP address and '
+                         'port such as "127.0.0.1:8000" (the Lua balancer cannot resolve names), or mode = "reload"') from None
 
 
 def _what(weight: float, shadow: bool) -> str:
