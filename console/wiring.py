@@ -14,7 +14,7 @@ from console.core import events as ev
 from console.core.clock import Clock, RealClock
 from console.core.config import Config
 from console.core.journal import Journal
-from console.core.protocols import Checker, ImageTagger, MetricSource, TrafficRouter
+from console.core.protocols import Checker, ImageTagger, MetricSource, TrafficRouter, Warmer
 
 if TYPE_CHECKING:
     from console.core.custom_gates import CustomGates
@@ -30,6 +30,17 @@ def build_router(cfg: Config) -> TrafficRouter:
     from console.adapters.nginx.router import NginxRouter
 
     return NginxRouter.from_config(cfg)
+
+
+def build_quick_router(cfg: Config) -> TrafficRouter | None:
+    """The router of the CLI's `rollback` and `weights` when one can go without an event loop: one
+    nginx in reload mode (``QuickRouter``, driven by ``manual.run_inline``); None for a fleet or
+    dynamic mode (they take ``build_router`` and asyncio)."""
+    if cfg.nginx_hosts or cfg["nginx"]["mode"] != "reload":
+        return None
+    from console.adapters.nginx.quick import QuickRouter
+
+    return QuickRouter.from_config(cfg)
 
 
 def build_tagger(cfg: Config) -> ImageTagger | None:
@@ -111,13 +122,16 @@ def build_engine(
     stay_at_100: bool = False,
     operator: ev.Operator | None = None,
     listeners: Sequence[Callable[[ev.Event], object]] = (),
+    source: MetricSource | None = None,
 ) -> Engine:
+    """``source``: the metric source of the ``checkers`` passed in (the warm-up waits for it to
+    count the warm-up); with ``checkers`` None, the one built here."""
     from console.adapters.health import HttpHealth
     from console.core.engine import Engine, Settings
 
     clock = clock or RealClock()
     if checkers is None:
-        checkers, _ = build_checkers(cfg, clock, dry_run=dry_run)
+        checkers, source = build_checkers(cfg, clock, dry_run=dry_run)
     settings = Settings.from_config(cfg, dry_run=dry_run, stay_at_100=stay_at_100)
     engine = Engine(
         settings,
@@ -132,6 +146,7 @@ def build_engine(
         start_index=start_index,
         resumed=resumed,
         listeners=listeners,
+        warmer=build_warmer(cfg, source),
         startup_notes=[("warning", '[metrics] source = "none": stages are judged on canary health only')]
         if cfg["metrics"]["source"] == "none" else [],
     )
@@ -139,8 +154,18 @@ def build_engine(
     return engine
 
 
+def build_warmer(cfg: Config, source: MetricSource | None = None) -> Warmer | None:
+    """``[rollout] warmup_requests`` straight to the canary before stage 1, when set."""
+    if cfg["rollout"]["warmup_requests"] <= 0:
+        return None
+    from console.adapters.warmup import HttpWarmer
+
+    return HttpWarmer.from_config(cfg, source)
+
+
 def attach_lifecycle(engine: Engine, cfg: Config) -> None:
-    """Alerts, the Docker rollback hook, the exporter and promotion, each only when configured."""
+    """Alerts, the incident report of a rollback, the Docker rollback hook, the exporter and
+    promotion, each only when configured (the report always)."""
 
     def note(level: str, message: str, data: dict[str, Any] | None = None) -> None:
         engine.note(level, message, **(data or {}))
@@ -151,6 +176,9 @@ def attach_lifecycle(engine: Engine, cfg: Config) -> None:
     if notifier is not None:
         engine.add_listener(notifier.submit)
         engine.services.append(notifier)
+    from console.core.report import IncidentReporter
+
+    engine.add_listener(IncidentReporter(cfg.journal_path, cfg.path, note=note))  # every rollback: reports/<id>.html
     if cfg["docker"]["enabled"]:
         from console.adapters.docker import DockerRollbackHook
 

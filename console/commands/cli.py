@@ -49,13 +49,57 @@ def _port(v: str) -> int:
     return int(v)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _listen(v: str) -> tuple[str, int]:
+    from console.commands.serve import parse_listen  # stdlib only until it serves
+
+    try:
+        return parse_listen(v)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+class _Only:
+    """``add_subparsers()`` for one command (``only``): the others are left out.  A command's
+    arguments are parsed by its own subparser alone, so the result, and any error, is the same."""
+
+    def __init__(self, sub: Any, only: str | None) -> None:
+        self.sub, self.only = sub, only
+
+    def add_parser(self, name: str, **kw: Any) -> Any:
+        return self.sub.add_parser(name, **kw) if self.only in (None, name) else _Ignored()
+
+
+class _Ignored:
+    def add_argument(self, *args: Any, **kw: Any) -> None:
+        pass
+
+
+def fast_command(argv: list[str]) -> str | None:
+    """The FAST_EXIT command argv runs, when that is certain without the parser (no -h): so
+    `rollback` does not build the other commands' parsers (argparse takes ~1 ms a parser)."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-h", "--help") or a == "--":
+            return None
+        if a.startswith("-"):
+            # --config PATH, --env-file PATH, or an abbreviation of them (argparse takes those)
+            takes_value = "=" not in a and len(a) > 2 and any(o.startswith(a) for o in ("--config", "--env-file"))
+            i += 2 if takes_value else 1
+            continue
+        return a if a in FAST_EXIT and not any(x in ("-h", "--help") for x in argv[i + 1:]) else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; ``only`` (``fast_command``): with that command's subparser alone."""
     p = _Parser(prog="canary-console", description="Progressive canary rollouts behind NGINX, judged by live metrics.",
                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", metavar="PATH", help="canary.toml (default: ./canary.toml, or $CANARY_CONFIG)")
     p.add_argument("--env-file", metavar="PATH", help=".env file (default: .env beside the config)")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
+    subparsers = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers.required = True
+    sub = _Only(subparsers, only)
 
     d = sub.add_parser("deploy", help="roll a version out stage by stage", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,7 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("replay", help="open the console read-only on a finished deployment")
     rp.add_argument("deployment_id", metavar="DEPLOYMENT_ID")
 
-    sub.add_parser("watch", help="read-only console following the journal and the metrics")
+    rr = sub.add_parser("report", help="write a deployment's incident report (timeline, deciding gate, charts)")
+    rr.add_argument("deployment_id", metavar="DEPLOYMENT_ID", help="an id from `canary-console history`, or latest")
+    rr.add_argument("--format", choices=("md", "html"), default="html", help="html (one self-contained file, default) or md")
+    rr.add_argument("--output", metavar="PATH", help="where to write it (default: <journal dir>/reports/<id>.html or .md)")
+
+    wa = sub.add_parser("watch", help="read-only console following the journal and the metrics")
+    wa.add_argument("--mirror", action="store_true",
+                    help="the browser mirror's console (what `serve` runs): no key that moves traffic is bound")
+
+    sv = sub.add_parser("serve", help="the live console, read-only, in a browser (textual-serve; loopback by default)")
+    sv.add_argument("--listen", type=_listen, default="127.0.0.1:8566", metavar="ADDR",
+                    help="HOST:PORT to listen on (default 127.0.0.1:8566); any other than loopback is said on start")
 
     a = sub.add_parser("attach", help="attach a console to the running engine")
     a.add_argument("--take-over", action="store_true", help="ask the current driver to hand over")
@@ -132,10 +187,12 @@ COMMANDS = {
     "promote": "console.commands.promote:run",
     "history": "console.commands.history:run",
     "replay": "console.commands.history:run_replay",
+    "report": "console.commands.report:run",
     "watch": "console.commands.attach:run_watch",
     "attach": "console.commands.attach:run",
     "demo": "console.commands.demo:run",
     "init": "console.commands.init:run",
+    "serve": "console.commands.serve:run",
 }
 NEEDS_UPSTREAM_DIR = ("deploy", "weights", "rollback", "promote", "check", "init")
 FAST_EXIT = ("weights", "rollback")  # no atexit work: skip the interpreter's teardown (tens of ms on a rollback)
@@ -147,7 +204,7 @@ def command(name: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(fast_command(sys.argv[1:] if argv is None else argv)).parse_args(argv)
     if args.command == "demo":  # the sandbox writes its own config; never the operator's
         return int(command("demo")(args, None))
     overrides: dict[tuple[str, str], Any] = {}

@@ -2,14 +2,15 @@
 
 These are the break-glass path, so they start fast: no engine, no textual, httpx or docker
 (`status` loads httpx for its health line only).  `weights` and `rollback` take the driver
-lock; while a detached engine holds it, `rollback` asks that engine instead.
+lock; while a detached engine holds it, `rollback` asks that engine instead.  With one nginx in
+reload mode they load no asyncio either (``_router``: wiring.build_quick_router).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
+import sys
 from typing import Any
 
 from console.commands.term import err, report_router_error
@@ -21,7 +22,13 @@ from console.core.journal import read_records
 from console.core.lock import DriverLock, LockHeld, lock_path_for
 from console.core.protocols import RouterError
 from console.core.state import NO_CHANGE, UNCONFIRMED, RouterTruth, router_truth
-from console.wiring import build_router
+from console.wiring import build_quick_router, build_router
+
+
+def _router(cfg: Any) -> tuple[Any, bool]:
+    """(the router, whether ``manual`` drives it inline): the quick one when it can be had."""
+    quick = build_quick_router(cfg)
+    return (quick, True) if quick is not None else (build_router(cfg), False)
 
 
 def _held(e: LockHeld) -> ExitCode:
@@ -36,7 +43,8 @@ def run_weights(args: argparse.Namespace, cfg: Any) -> int:
     except LockHeld as e:
         return _held(e)
     try:
-        res = manual.set_weight(cfg.journal_path, build_router(cfg), args.percent, ev.Operator.current())
+        router, inline = _router(cfg)
+        res = manual.set_weight(cfg.journal_path, router, args.percent, ev.Operator.current(), inline=inline)
     except RouterError as e:
         return report_router_error(e)
     finally:
@@ -48,11 +56,13 @@ def run_weights(args: argparse.Namespace, cfg: Any) -> int:
 
 def _rollback_through_engine(cfg: Any, reason: str) -> int | None:
     """While a detached engine drives, `rollback` asks it instead of failing on its lock."""
+    from console.core.report import report_path
     from console.remote.client import ask_engine
 
     def judge(e: ev.Event, link: Any) -> int | None:
         if isinstance(e, ev.RolledBack):
             print(f"rolled back by the engine (pid {link.engine_pid}): canary 0% / production 100%: {e.reason}")
+            print(f"incident report (the engine writes it): {report_path(cfg.journal_path, e.deployment_id)}")
             return ExitCode.OK
         if isinstance(e, ev.Failed):
             err(f"the engine could not roll back: {e.reason}")
@@ -72,13 +82,25 @@ def run_rollback(args: argparse.Namespace, cfg: Any) -> int:
         code = _rollback_through_engine(cfg, reason)
         return code if code is not None else _held(e)
     try:
-        res = manual.rollback(cfg.journal_path, build_router(cfg), reason, op)
+        router, inline = _router(cfg)
+        res = manual.rollback(cfg.journal_path, router, reason, op, inline=inline)
     except RouterError as e:
         return report_router_error(e)
     finally:
         lk.release()
     print(f"rolled back: canary 0% / production 100%, nginx serves it (verified in {res.took_s * 1000:.0f} ms)")
+    _incident_report(cfg, res.deployment_id)  # after nginx serves 0%: the report never delays the rollback
     return ExitCode.OK
+
+
+def _incident_report(cfg: Any, deployment_id: str) -> None:
+    """The rolled-back deployment's report beside the journal (docs/report.md), and where it is."""
+    sys.stdout.flush()  # the confirmation is out before the report's imports and work
+    from console.core.report import after_rollback
+
+    line = after_rollback(cfg.journal_path, deployment_id, cfg.path)
+    if line:
+        print(line)
 
 
 def run_status(args: argparse.Namespace, cfg: Any) -> int:
@@ -94,6 +116,8 @@ def run_status(args: argparse.Namespace, cfg: Any) -> int:
     last = list(deps.values())[-1] if deps else None
     lp = lock_path_for(cfg.journal_path)
     holder = read_holder(lp) if is_held(lp) else None
+    import asyncio
+
     health = asyncio.run(_health_both(cfg))
     if args.json:
         out = {
@@ -164,7 +188,7 @@ def _print_hosts(hosts: list[dict[str, Any]], weight: float | None) -> None:
 
 def _fleet_disagrees(truth: RouterTruth, hosts: list[dict[str, Any]]) -> str:
     last = "nothing" if truth.confirmed_weight is None else f"canary {truth.confirmed_weight}%"
-    drifted = ", ".join(h["name"] for h in hosts if h["drifted"]) or "?"
+    drifted = ", ".join(h["name"] for h in hosts if h["drifted"]) or "none named"
     return (f"the hosts' upstream files disagree (drifted: {drifted}); nginx last confirmed {last} (journal). "
             "Set every host with canary-console weights N")
 

@@ -1,9 +1,9 @@
 """Clocks: the engine asks a Clock for time and sleeps through it, so tests swap in a
-FakeClock that jumps virtual time instead of sleeping."""
+FakeClock that jumps virtual time instead of sleeping.  asyncio is imported by the sleeps
+only: the CLI's rollback (which imports this through console.wiring) runs without it."""
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import itertools
 import time
@@ -28,6 +28,8 @@ class RealClock:
         return datetime.now(UTC)
 
     async def sleep(self, seconds: float) -> None:
+        import asyncio
+
         await asyncio.sleep(max(0.0, seconds))
 
 
@@ -61,6 +63,8 @@ class FakeClock:
         self.t = target
 
     async def sleep(self, seconds: float) -> None:
+        import asyncio
+
         await asyncio.sleep(0)
         self.advance(seconds)
         await asyncio.sleep(0)

@@ -3,22 +3,45 @@ the break-glass rollback of a console whose engine is gone.
 
 Each is journaled like the engine's own changes: the intent before (with the operator's action,
 in the same write), the outcome after.  The router is passed in (core builds no adapter), so
-this module stays as cheap to import as the rollback path needs.
+this module stays as cheap to import as the rollback path needs: with ``inline`` (a router
+whose ``apply`` never waits on an event loop, adapters.nginx.quick.QuickRouter) the change is
+driven by ``run_inline`` and asyncio is never loaded.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from console.core import events as ev
 from console.core.journal import Journal, read_records
 from console.core.lock import DriverLock, LockHeld, describe_holder, lock_path_for
 from console.core.protocols import RouterError, TrafficRouter, file_weight, router_hosts
 from console.core.state import DeploymentState, deployments, unfinished
+
+T = TypeVar("T")
+
+def run_inline(coro: Coroutine[object, object, T]) -> T:
+    """Run ``coro`` to its end in this thread, without an event loop: for a coroutine whose
+    every ``await`` completes at once (a router built for it does its I/O blocking).  If it
+    does wait on a loop, it is closed (its ``finally`` clauses run) and RuntimeError raised."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("run_inline: the coroutine waited on an event loop; drive it with asyncio.run instead")
+
+
+def _drive(coro: Coroutine[object, object, T], inline: bool) -> T:
+    if inline:
+        return run_inline(coro)
+    import asyncio
+
+    return asyncio.run(coro)
 
 
 async def router_change(journal: Journal, router: TrafficRouter, weight: float, reason: str, deployment_id: str,
@@ -72,22 +95,25 @@ def target(records: list[dict], *, or_last: bool = False) -> DeploymentState:
     return dep or DeploymentState(deployment_id="manual")
 
 
-def set_weight(journal_path: Path, router: TrafficRouter, weight: float, operator: ev.Operator) -> ManualResult:
-    """`canary-console weights N`; the caller holds the driver lock."""
+def set_weight(journal_path: Path, router: TrafficRouter, weight: float, operator: ev.Operator, *,
+               inline: bool = False) -> ManualResult:
+    """`canary-console weights N`; the caller holds the driver lock.  ``inline``: the router's
+    ``apply`` never waits on an event loop (``run_inline``)."""
     dep = target(list(read_records(journal_path)))
     common = {"deployment_id": dep.deployment_id, "version": dep.version}
     before = router.current_weight()
     action = ev.OperatorAction(action="weights", operator=operator, detail=f"{weight}%", **common)
     with Journal(journal_path) as j:
-        took = asyncio.run(router_change(j, router, weight, f"manual: weights {weight}", dep.deployment_id, dep.version,
-                                         before=(action,)))
+        took = _drive(router_change(j, router, weight, f"manual: weights {weight}", dep.deployment_id, dep.version,
+                                    before=(action,)), inline)
     return ManualResult(dep.deployment_id, before, took)
 
 
 def rollback(journal_path: Path, router: TrafficRouter, reason: str, operator: ev.Operator, *,
-             or_last: bool = False) -> ManualResult:
+             or_last: bool = False, inline: bool = False) -> ManualResult:
     """Canary 0% through the router, journaled with the operator's action and, for a deployment,
-    its RolledBack.  The caller holds the driver lock (or was forced to go without)."""
+    its RolledBack.  The caller holds the driver lock (or was forced to go without).
+    ``inline``: the router's ``apply`` never waits on an event loop (``run_inline``)."""
     dep = target(list(read_records(journal_path)), or_last=or_last)
     common = {"deployment_id": dep.deployment_id, "version": dep.version}
     before = router.current_weight()
@@ -97,8 +123,8 @@ def rollback(journal_path: Path, router: TrafficRouter, reason: str, operator: e
         after = (ev.RolledBack(reason=reason, automatic=False, index=max(dep.index, 0), from_weight=dep.weight or 0,
                                snapshot=dep.results, **common),)
     with Journal(journal_path) as j:
-        took = asyncio.run(router_change(j, router, 0, f"rollback: {reason}", dep.deployment_id, dep.version,
-                                         before=(action,), after=after))
+        took = _drive(router_change(j, router, 0, f"rollback: {reason}", dep.deployment_id, dep.version,
+                                    before=(action,), after=after), inline)
     return ManualResult(dep.deployment_id, before, took)
 
 
@@ -129,7 +155,11 @@ def break_glass_rollback(journal_path: Path, router: Callable[[], TrafficRouter]
         lk = None
     try:
         why = f"break-glass: {reason}" + ("" if lk is not None else " (forced: the lock holder does not answer)")
-        return rollback(journal_path, router(), why, op, or_last=True)
+        res = rollback(journal_path, router(), why, op, or_last=True)
     finally:
         if lk is not None:
             lk.release()
+    from console.core.report import after_rollback
+
+    after_rollback(journal_path, res.deployment_id)  # nginx serves 0% by now: reports/<id>.html; never raises
+    return res

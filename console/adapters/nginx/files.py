@@ -1,17 +1,17 @@
 """The router's side effects on disk and in subprocesses: atomic writes and argv-only commands.
 
-Light stdlib only: this is on the CLI's rollback path.
+Light stdlib only: this is on the CLI's rollback path, which runs without an event loop
+(``run_command_now``), so asyncio is imported only by ``run_command``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import time
 from pathlib import Path
 
-__all__ = ["DEFAULT_COMMAND_TIMEOUT", "fsync_dir", "remove_durably", "run_command", "write_atomic"]
+__all__ = ["DEFAULT_COMMAND_TIMEOUT", "fsync_dir", "remove_durably", "run_command", "run_command_now", "write_atomic"]
 
 DEFAULT_COMMAND_TIMEOUT = 15.0
 
@@ -62,6 +62,8 @@ async def run_command(argv: list[str], timeout: float) -> tuple[int, str]:
 
     The command runs in its own session; on a timeout or a cancellation its whole process
     group is killed and reaped, so nothing it started is left behind."""
+    import asyncio
+
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -71,16 +73,45 @@ async def run_command(argv: list[str], timeout: float) -> tuple[int, str]:
             start_new_session=True,
         )
     except OSError as e:
-        return 127, f"{argv[0]}: cannot run: {e.strerror or e}"
+        return _cannot_run(argv, e)
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     except BaseException as e:
         _kill_group(proc.pid)
         await proc.wait()
         if isinstance(e, TimeoutError):
-            return -1, f"{' '.join(argv)}: timed out after {timeout:g}s"
+            return _timed_out(argv, timeout)
         raise
     return proc.returncode if proc.returncode is not None else -1, out.decode(errors="replace").strip()
+
+
+def run_command_now(argv: list[str], timeout: float) -> tuple[int, str]:
+    """``run_command`` without an event loop (the CLI's rollback): the same argv, session,
+    timeout, answers and clean-up, blocking."""
+    import subprocess
+
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    except OSError as e:
+        return _cannot_run(argv, e)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except BaseException as e:
+        _kill_group(proc.pid)
+        proc.communicate()
+        if isinstance(e, subprocess.TimeoutExpired):
+            return _timed_out(argv, timeout)
+        raise
+    return proc.returncode, out.decode(errors="replace").strip()
+
+
+def _cannot_run(argv: list[str], e: OSError) -> tuple[int, str]:
+    return 127, f"{argv[0]}: cannot run: {e.strerror or e}"
+
+
+def _timed_out(argv: list[str], timeout: float) -> tuple[int, str]:
+    return -1, f"{' '.join(argv)}: timed out after {timeout:g}s"
 
 
 def _kill_group(pid: int) -> None:
