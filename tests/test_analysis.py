@@ -254,6 +254,7 @@ async def test_checker_results_notes_and_defaults(tmp_path):
     text = " | ".join(n["message"] for n in notes)
     assert "latency edges fixed before the canary" in text and "fast > " in text
     assert "can detect, with 80% power" in text and "unknown until the first check" in text  # one read: no rate yet
+    assert "at an unknown request rate (no traffic measured yet)" in text and " ? " not in text  # a word, never "?"
     res = await run_stage(chk, clock, router, 1, 0, 120, begin=False)
     assert res["seq.errors"].extra["mde"] > 1  # known from the first check on
     assert set(res) == {"seq.errors", "seq.schema", "seq.latency"}

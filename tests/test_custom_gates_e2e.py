@@ -313,7 +313,7 @@ def test_a_latency_regression_in_the_canary_rolls_back_on_its_custom_gate(e2e_ru
     assert run.history is not None and run.history.returncode == 0, run.history
     assert "custom.p95" in json.dumps(json.loads(run.history.stdout)), run.history.stdout
     assert run.replay is not None and run.replay.returncode == 0, run.replay
-    assert "custom.p95=" in run.replay.stdout and "rolled back" in run.replay.stdout.lower(), run.replay.stdout[-2000:]
+    assert "custom.p95 FAIL" in run.replay.stdout and "rolled back" in run.replay.stdout.lower(), run.replay.stdout[-2000:]
     from console.core.state import events_of, fold
     from console.ui.present import decision_rows
 

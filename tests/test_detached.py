@@ -29,11 +29,11 @@ from typing import Any
 
 import pytest
 
-from console.core.eventfmt import format_event
+from console.core.eventfmt import DecisionFeed, format_event
 from console.core.events import Intent, Operator, event_from_record
 from console.core.journal import read_records
 from console.core.lock import is_held, lock_path_for
-from console.core.state import last_applied_weight, unfinished
+from console.core.state import events_of, last_applied_weight, unfinished
 from console.remote import wire
 from console.remote.client import SocketLink, pid_alive
 from tests.fixtures.nginx import NginxEnv, write_canary_toml
@@ -509,6 +509,9 @@ def test_kill_9_of_the_engine_at_20_random_points_resume_reconciles_to_the_journ
                 assert raw == TORN, f"a record broken by no crash: {raw[:80]!r}"
         assert good == records(jp)
         shown = {format_event(e) for e in map(event_from_record, good) if e is not None}
+        for dep_id in {r.get("deployment_id") for r in good}:  # the decision lines a console of each one prints
+            feed = DecisionFeed()
+            shown |= {line for e in events_of(good, dep_id) for line in feed.feed(e)}
         seen = out.read_text().splitlines()
         assert seen and set(seen) <= shown
 

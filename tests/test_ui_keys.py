@@ -85,8 +85,8 @@ async def test_operator_action_is_acknowledged_by_a_notification_and_a_timeline_
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         await pilot.press("r", "y")
-        await wait_for(pilot, lambda: "rollback accepted" in notes(app), timeout=1.0, what="acknowledgement")
-        await wait_for(pilot, lambda: "rollback (manual rollback by" in screen_text(app), timeout=1.0, what="timeline entry")
+        await wait_for(pilot, lambda: "roll back accepted" in notes(app), timeout=1.0, what="acknowledgement")
+        await wait_for(pilot, lambda: "roll back (manual rollback by" in screen_text(app), timeout=1.0, what="timeline entry")
 
 
 async def test_automatic_rollback_notifies_and_rings_the_bell():
@@ -188,7 +188,7 @@ async def test_a_watcher_cannot_move_traffic_and_does_not_see_the_keys():
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         keys = await footer(pilot)
-        for key in ("a Advance", "r Rollback", "p Pause", "b Back"):
+        for key in ("a Advance", "r Roll back", "p Pause", "b Back"):
             assert key not in keys
         await pilot.press("a", "b", "r", "p", "P")
         await pilot.pause()
@@ -391,10 +391,11 @@ async def test_the_command_palette_offers_the_actions_that_apply_now():
     async with app.run_test(size=SIZE) as pilot:
         await ready(pilot)
         titles = [c.title for c in app.get_system_commands(app.screen)]
-        assert any(t.startswith("Rollback") for t in titles)
+        assert any(t.startswith("Roll back") for t in titles)
         assert not any(t.startswith("Promote") for t in titles)  # not before 100%
         await pilot.press("ctrl+p", *"rollback")
-        await wait_for(pilot, lambda: "All traffic to production now" in screen_text(app), what="palette match")
+        await wait_for(pilot, lambda: "Roll back: all traffic to production (0% canary) now" in screen_text(app),
+                       what="palette match")
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="rollback dialog from the palette")
         await pilot.press("y")

@@ -14,7 +14,7 @@ UP = LinkStatus(attached=True, role="driver", engine_pid=4242, engine_host="depl
 def test_attached_driver_sees_engine_pid_host_and_link_latency():
     assert link_note(UP) == "engine pid 4242@deploy-1 link <1ms"
     assert link_note(replace(UP, latency_ms=37.0)) == "engine pid 4242@deploy-1 link <50ms"
-    assert link_note(replace(UP, latency_ms=None)).endswith("link ?")
+    assert link_note(replace(UP, latency_ms=None)).endswith("link untimed")
 
 
 def test_latency_moves_the_header_only_when_its_step_changes():

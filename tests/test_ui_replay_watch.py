@@ -89,7 +89,7 @@ async def test_watch_follows_records_appended_to_the_journal(tmp_path):
         await pilot.press("r")
         await pilot.pause()
         assert not isinstance(app.screen, ConfirmScreen)
-        assert "r Rollback" not in screen_text(app).splitlines()[-1]
+        assert "r Roll back" not in screen_text(app).splitlines()[-1]
 
 
 async def test_quitting_an_attached_console_detaches_or_stops_the_engine():
@@ -131,9 +131,9 @@ async def test_a_watching_console_can_take_over_with_T():
     app = CanaryApp(link, clock=pinned_clock(observing()))
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: "T Take over" in screen_text(app), what="take over key")
-        assert "r Rollback" not in screen_text(app)
+        assert "r Roll back" not in screen_text(app)
         await pilot.press("T", "y")
-        await wait_for(pilot, lambda: "r Rollback" in screen_text(app).splitlines()[-1], what="driver keys")
+        await wait_for(pilot, lambda: "r Roll back" in screen_text(app).splitlines()[-1], what="driver keys")
 
 
 def test_the_engine_side_modules_import_without_textual_or_rich():

@@ -10,6 +10,7 @@ import pytest
 
 from console.core.fakes import ScriptedLink
 from console.ui.app import CanaryApp
+from console.ui.model import event_lines
 from console.ui.testing import failing_gate, holding, observing, pinned_clock, rolled_back, screen_text
 from widgets.log_pane import LogPane
 
@@ -33,7 +34,7 @@ def test_console_snapshot(snap_compare, state, size):
 
         def drawn() -> bool:
             text = screen_text(pilot.app)
-            return marker in text and "q Quit" in text and len(events.view.lines) == len(script.events) \
+            return marker in text and "q Quit" in text and len(events.view.lines) == len(event_lines(script.events)) \
                 and not len(events.pending)
 
         for _ in range(300):

@@ -30,6 +30,7 @@ from textual.strip import Strip
 from textual.widgets import Input
 
 from console.adapters.logtail import PendingLines
+from console.core.eventfmt import FoldLine
 
 MAX_LINE = 4096  # characters kept per line: bounded memory and bounded wrap rows
 _CONTROL = re.compile("[\u0000-\u0008\u000b-\u001f\u007f]")
@@ -95,6 +96,8 @@ class LogView(ScrollView, can_focus=True):
         self.wrap = False
         self.follow = True
         self.new_lines = 0  # lines that arrived while not following
+        self._fold_seq: int | None = None  # seq of the last line when it is a FoldLine
+        self._replaced = False
 
     # ------------------------------------------------------------------ data
     @property
@@ -123,10 +126,16 @@ class LogView(ScrollView, can_focus=True):
         return max(10, self.scrollable_content_region.width or self.size.width or 80)
 
     def append(self, lines: Iterable[str], note: bool = False) -> int:
-        """Add lines (newest last); returns how many were added."""
+        """Add lines (newest last); returns how many were added.  A ``FoldLine`` right after
+        another one replaces it (the events pane's one updating line for quiet checks)."""
         added = 0
         rows = self._rows
         for raw in lines:
+            fold = isinstance(raw, FoldLine)
+            if fold and self._fold_seq is not None and self._fold_seq == self._next_seq - 1 and self._lines:
+                self._replace_last(clean(raw))
+                continue
+            self._fold_seq = self._next_seq if fold else None
             text = clean(raw)
             if len(self._lines) == self.max_lines:
                 self._notes.discard(self.first_seq)
@@ -145,12 +154,26 @@ class LogView(ScrollView, can_focus=True):
         while rows and rows[0][0] < first:
             rows.popleft()
             dropped += 1
-        if added:
-            self._after_change(dropped)
+        if added or self._replaced:
+            replaced, self._replaced = self._replaced, False
+            # rows are cached by (line, offset): new lines leave the cached ones valid, a replaced line does not
+            self._after_change(dropped, keep_cache=not replaced)
         return added
 
-    def _after_change(self, dropped_rows: int = 0) -> None:
-        self._cache.clear()
+    def _replace_last(self, text: str) -> None:
+        seq = self._next_seq - 1
+        self._lines[-1] = text
+        while self._rows and self._rows[-1][0] == seq:
+            self._rows.pop()
+        new = self._rows_for(seq, text)
+        self._rows.extend(new)
+        if new and not self.wrap:
+            self._max_width = max(self._max_width, len(text) if text.isascii() else cell_len(text))
+        self._replaced = True
+
+    def _after_change(self, dropped_rows: int = 0, keep_cache: bool = False) -> None:
+        if not keep_cache:
+            self._cache.clear()
         width = self._wrap_width() if self.wrap else self._max_width
         self.virtual_size = Size(width, len(self._rows))
         if self.follow:
@@ -188,6 +211,7 @@ class LogView(ScrollView, can_focus=True):
         self._lines.clear()
         self._rows.clear()
         self._notes.clear()
+        self._fold_seq = None
         self._max_width = 0
         self.new_lines = 0
         self._after_change()
@@ -344,8 +368,7 @@ class LogPane(Vertical):
         if dropped:
             self.dropped += dropped
         if lines:
-            self.view.note_new(len(lines))
-            self.view.append(lines)
+            self.view.note_new(self.view.append(lines))  # a fold line that replaced its previous one is not new
         self._update_title()
         return len(lines)
 

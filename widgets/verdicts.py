@@ -6,7 +6,10 @@ means the same thing everywhere, with NO_COLOR, in 16 colours and in tmux.
 
 from __future__ import annotations
 
+from console.core.eventfmt import fmt_value, is_percent, is_seconds  # one formatter for the panels and the lines
 from console.core.events import ERROR, FAIL, INCONCLUSIVE, PASS
+
+__all__ = ["VERDICT", "VERDICT_VAR", "fmt_value", "is_percent", "is_seconds", "short_gate", "verdict_label"]
 
 # verdict -> (symbol, word, CSS-ish style class used in Rich styles of the widgets)
 VERDICT = {
@@ -23,29 +26,6 @@ VERDICT_VAR = {PASS: "success", FAIL: "error", INCONCLUSIVE: "warning", ERROR: "
 def verdict_label(verdict: str) -> str:
     sym, word = VERDICT.get(verdict, ("·", verdict.upper()[:4]))
     return f"{sym} {word}"
-
-
-def is_percent(gate: str) -> bool:
-    return gate in ("error_rate", "critical_error_rate") or gate.endswith(".error_rate")
-
-
-def is_seconds(gate: str) -> bool:
-    return gate.startswith("p95_latency") or gate.endswith("_latency")
-
-
-def fmt_value(gate: str, v: float | None) -> str:
-    """A gate value in the unit an operator reads it in."""
-    if v is None:
-        return "-"
-    if is_percent(gate):
-        return f"{v * 100:.2f}%"
-    if is_seconds(gate):
-        return f"{v * 1000:.0f}ms" if abs(v) < 1 else f"{v:.2f}s"
-    if gate == "health":
-        return f"{v:.0f}ms"
-    if gate == "schema_failures" or float(v).is_integer():
-        return f"{v:.0f}"
-    return f"{v:.3g}"
 
 
 def short_gate(gate: str) -> str:

@@ -175,23 +175,24 @@ def _run_detached(args: argparse.Namespace, cfg: Any, version: str, start_index:
     """Start the engine process with the lock, then attach this terminal to it."""
     import os
 
-    from console.commands.session import attach_spawned, ui_runner
+    from console.commands.session import attach_spawned, ui_available, ui_runner
     from console.core.clock import RealClock
     from console.core.engine import new_deployment_id
     from console.remote.daemon import spawn_engine, wait_ready
     from console.remote.wire import socket_path_for
 
     deployment_id = deployment_id or new_deployment_id(version, RealClock())
-    ui = ui_runner() if sys.stdout.isatty() and sys.stdin.isatty() else None
+    console = sys.stdout.isatty() and sys.stdin.isatty() and ui_available()
     proc = spawn_engine(
         cfg, version, deployment_id, lock_fd=lk.fd, start_index=start_index, resumed=resumed, dry_run=args.dry_run,
-        stay_at_100=ui is not None and not args.dry_run, env_file=getattr(args, "env_file", None),
+        stay_at_100=console and not args.dry_run, env_file=getattr(args, "env_file", None),
         observation_period=args.observation_period, check_interval=args.check_interval,
     )
     # the engine holds the same flock through its inherited descriptor from its first instant (and
     # rewrites the holder): closing ours without truncating leaves the lock with the engine alone
     os.close(lk.fd)
     lk.fd = None
+    ui = ui_runner() if console else None  # Textual loads while the engine starts (two processes, two cores)
     ready = wait_ready(proc, socket_path_for(cfg.journal_path))
     return attach_spawned(cfg, proc, deployment_id, ready=ready, ui=ui, json_lines=False)
 
@@ -212,7 +213,8 @@ def _prechecks(cfg: Any, version: str) -> int:
 
 
 def _run_headless(engine: Any, json_lines: bool) -> int:
-    engine.add_listener(event_printer(json_lines))
+    printer = event_printer(json_lines)  # decisions; the checks that change nothing in one line
+    engine.add_listener(printer)
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -223,7 +225,10 @@ def _run_headless(engine: Any, json_lines: bool) -> int:
         finally:
             await engine.aclose()
 
-    code = asyncio.run(main())
+    try:
+        code = asyncio.run(main())
+    finally:
+        printer.close()
     if code == ExitCode.INTERRUPTED:
         print(f"interrupted: traffic stays where it is. Resume: canary-console deploy --version {engine.version} --resume",
               file=sys.stderr)

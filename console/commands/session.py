@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from console.commands.term import err, event_line, out
+from console.commands.term import err, event_line, event_printer, out
 from console.core import events as ev
 from console.core import manual
 from console.core.exits import ExitCode, exit_code_for
@@ -38,6 +38,13 @@ def break_glass_rollback(cfg: Any, reason: str, operator: ev.Operator | None = N
     jp = Path(cfg.journal_path)
     return manual.break_glass_rollback(jp, lambda: build_router(cfg), reason, operator, force=force,
                                        engine_answers=lambda: socket_answers(wire.socket_path_for(jp)))
+
+
+def ui_available() -> bool:
+    """Whether the Textual console is installed, without importing it (``ui_runner`` does)."""
+    import importlib.util
+
+    return importlib.util.find_spec("textual") is not None
 
 
 def ui_runner() -> Callable[..., int] | None:
@@ -74,9 +81,7 @@ async def print_lines(link: SocketLink, *, json_lines: bool = False) -> int:
     """Line mode: the history it missed, then live events, until the engine ends or we detach.
 
     Ctrl-C, SIGTERM and SIGHUP (a closed terminal) detach: the rollout goes on."""
-    def show(e: ev.Event) -> bool:
-        return out(event_line(e, json_lines))
-
+    show = event_printer(json_lines)  # decisions; the checks that change nothing in one line
     loop = asyncio.get_running_loop()
     detach = asyncio.Event()
     why: list[str] = []
@@ -113,6 +118,7 @@ async def print_lines(link: SocketLink, *, json_lines: bool = False) -> int:
             loop.remove_signal_handler(sig)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a second hang-up while we close changes nothing
         detach_task.cancel()
+        show.close()
     ended = pump_task.done() and pump_task.result() and not detach.is_set()
     if not ended:
         pump_task.cancel()
@@ -147,7 +153,7 @@ def lost_line(st: DeploymentState, records: list[dict[str, Any]]) -> str:
         where = (f"the journal says nginx last confirmed canary {0 if w is None else w}%, and a change to canary "
                  f"{truth.pending_weight}% is UNCONFIRMED (the upstream file may hold it, nginx may serve it)")
     return (f"engine lost: deployment {st.deployment_id} ({st.version}) at stage {st.stage_label()}, engine pid "
-            f"{st.engine_pid} on {st.engine_host or '?'} is gone; {where}. Resume: canary-console deploy --version "
+            f"{st.engine_pid} on {st.engine_host or 'an unknown host'} is gone; {where}. Resume: canary-console deploy --version "
             f"{st.version} --resume   Roll back: canary-console rollback --reason \"...\"")
 
 

@@ -22,7 +22,7 @@ from textual.worker import Worker, WorkerState
 
 from console.core import state as st
 from console.core.clock import Clock, RealClock
-from console.core.eventfmt import format_event
+from console.core.eventfmt import action_words
 from console.core.events import Intent, Operator
 from console.core.exits import ExitCode, exit_code_for
 from console.core.protocols import EngineLink
@@ -40,6 +40,9 @@ from widgets.sparklines import Sparklines
 from widgets.timeline import StageTimeline
 
 TRAFFIC = ("advance", "step_back", "rollback", "pause", "resume", "promote")
+# a link with role "observer" (the browser mirror, `serve`): these are not bound at all, so they are in no
+# footer, palette or help, a crafted key finds nothing, and the link refuses any intent anyway
+UNBOUND_FOR_OBSERVER = (*TRAFFIC, "take_over", "faults")
 EVENTS_SOURCE = "events"
 
 
@@ -48,12 +51,14 @@ class CanaryApp(App[int]):
     TITLE = "canary-console"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
     BINDINGS = [
-        Binding("a", "advance", "Advance", id="advance", tooltip="Skip the rest of this stage's observation (confirm)"),
-        Binding("b", "step_back", "Back", id="step_back", tooltip="Step back one stage (confirm)"),
-        Binding("r", "rollback", "Rollback", id="rollback", tooltip="All traffic to production now (confirm)"),
+        # descriptions and tooltips in the guide's words: the footer, ? and the palette (ctrl+p "rollback") name them
+        Binding("a", "advance", "Advance", id="advance", tooltip="Advance: skip the rest of this stage's observation (confirm)"),
+        Binding("b", "step_back", "Back", id="step_back", tooltip="Step back one stage, less canary traffic (confirm)"),
+        Binding("r", "rollback", "Roll back", id="rollback",
+                tooltip="Roll back: all traffic to production (0% canary) now (confirm)"),
         Binding("p", "pause", "Pause", id="pause", tooltip="Pause the observation clock (traffic stays)"),
         Binding("p", "resume", "Resume", id="resume", tooltip="Resume observing (after a pause or a hold)"),
-        Binding("P", "promote", "Promote", id="promote", tooltip="Promote the canary at 100% (confirm)"),
+        Binding("P", "promote", "Promote", id="promote", tooltip="Promote the canary to production (confirm)"),
         Binding("slash", "filter_logs", "Filter", id="filter", tooltip="Regex filter on the log pane"),
         Binding("f", "follow", "Follow", id="follow", tooltip="Follow / pause the log pane"),
         Binding("w", "wrap", "Wrap", id="wrap", tooltip="Wrap long log lines"),
@@ -80,6 +85,13 @@ class CanaryApp(App[int]):
     ) -> None:
         super().__init__()
         self.link = link
+        if link.role == "observer":
+            for key, bindings in list(self._bindings.key_to_bindings.items()):
+                kept = [b for b in bindings if b.action not in UNBOUND_FOR_OBSERVER]
+                if kept:
+                    self._bindings.key_to_bindings[key] = kept
+                else:
+                    del self._bindings.key_to_bindings[key]
         self.break_glass = break_glass
         self.title_version = title_version
         self.log_sources = list(log_sources)
@@ -142,12 +154,12 @@ class CanaryApp(App[int]):
         for e in history:
             self.model.apply(e, arrived=self.model.arrival_for(e))
         if events is not None and history:
-            events.pending.push(format_event(e) for e in history)
+            events.pending.push(line for e in history for line in self.model.feed.feed(e))
             events.drain()  # the first frame already shows what happened
         self.post_message(m.StateChanged())
         async for e in self.link.events():
             self.model.apply(e)
-            if events is not None and events.pending.push((format_event(e),)):
+            if events is not None and events.pending.push(self.model.feed.feed(e)):
                 self.post_message(m.LinesPending(EVENTS_SOURCE))
             for msg in m.translate(e):
                 self.post_message(msg)
@@ -221,7 +233,7 @@ class CanaryApp(App[int]):
     @on(m.ActionAcknowledged)
     def _on_ack(self, msg: m.ActionAcknowledged) -> None:
         word = "accepted" if msg.accepted else "REFUSED"
-        self.notify(f"{msg.who}: {msg.action} {word}" + (f": {msg.detail}" if msg.detail else ""),
+        self.notify(f"{msg.who}: {action_words(msg.action)} {word}" + (f": {msg.detail}" if msg.detail else ""),
                     severity="information" if msg.accepted else "warning", timeout=6)
 
     @on(m.RolledBackNotice)
@@ -310,6 +322,8 @@ class CanaryApp(App[int]):
     def allowed(self, action: str) -> bool:
         """Whether ``action`` applies now, whatever screen is on top (the palette asks this)."""
         s = self.model.state
+        if action in UNBOUND_FOR_OBSERVER and self.link.role == "observer":
+            return False  # the browser mirror: never, whatever the link or the state says
         if action in TRAFFIC:
             if action == "rollback" and self.engine_lost() and self.break_glass is not None and s.live:
                 return True  # the engine is gone: roll back straight through the router
@@ -392,7 +406,7 @@ class CanaryApp(App[int]):
 
     @work(group="intents", description="send an operator intent", exit_on_error=False)
     async def _submit(self, action: str, reason: str = "") -> None:
-        self.notify(f"{action.replace('_', ' ')} requested: waiting for the engine…", timeout=4)
+        self.notify(f"{action_words(action)} requested: waiting for the engine…", timeout=4)
         try:
             await self.link.submit(Intent(action, operator=Operator.current(), reason=reason))
         except PermissionError as e:
@@ -525,6 +539,8 @@ class CanaryApp(App[int]):
         """Every key; judged on the console beneath the help (``allowed``, not ``check_action``)."""
         skip = {a for a, present in (("take_over", self.link.can_take_over), ("faults", bool(self.fault_actions)))
                 if not present}
+        if self.link.role == "observer":
+            skip.update(UNBOUND_FOR_OBSERVER)  # not bound: not listed as "off" either
         return key_help(self.BINDINGS, self.allowed, self.link.role, TRAFFIC, skip)
 
     def help_notes(self) -> list[str]:
@@ -539,7 +555,7 @@ class CanaryApp(App[int]):
             assert isinstance(b, Binding)
             if b.action in ("request_quit",) or not self.allowed(b.action):
                 continue  # the palette is a dialog itself: ask what applies beneath it
-            yield SystemCommand(f"{b.description} ({b.key})", b.tooltip or b.description,
+            yield SystemCommand(f"{b.description} ({self.get_key_display(b)})", b.tooltip or b.description,
                                 lambda a=b.action: self.run_action(a))
 
 

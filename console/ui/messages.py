@@ -100,7 +100,7 @@ def translate(e: ev.Event) -> list[Message]:
     out: list[Message] = [StateChanged()]
     match e:
         case ev.OperatorAction():
-            who = e.operator.label() if e.operator else "?"
+            who = e.operator.label() if e.operator else "an unknown operator"
             out.append(ActionAcknowledged(e.action, who, e.accepted, e.detail))
         case ev.RolledBack():
             out.append(RolledBackNotice(e.automatic, e.reason, e.from_weight))

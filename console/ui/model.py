@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from console.core import events as ev
 from console.core import state as st
-from console.core.eventfmt import format_event
+from console.core.eventfmt import DecisionFeed, action_words, feed_lines, format_event, who
 from console.core.state import DeploymentState
 
 SERIES_MAX = 3600  # points per gate: one hour of 1 s checks, or 15 h of 15 s checks
@@ -67,6 +67,7 @@ class ConsoleModel:
         self.anchor = 0.0  # monotonic time the last countdown anchor arrived
         self.check_at: float | None = None  # monotonic time of the last check
         self.checks = 0
+        self.feed = DecisionFeed()  # the events pane's lines: decisions, and one updating line for quiet checks
         self._t0: datetime | None = None
 
     # ------------------------------------------------------------------ folding
@@ -154,9 +155,9 @@ def timeline_entry(e: ev.Event) -> Entry | None:
     t = e.ts[11:19] if len(e.ts) >= 19 else e.ts
     match e:
         case ev.OperatorAction():
-            who = e.operator.label() if e.operator else "?"
+            by = e.operator.label() if e.operator else who(None)
             verdict = "" if e.accepted else " REFUSED"
-            return Entry(t, f"{who}: {e.action}{verdict}" + (f" ({e.detail})" if e.detail else ""),
+            return Entry(t, f"{by}: {action_words(e.action)}{verdict}" + (f" ({e.detail})" if e.detail else ""),
                          "info" if e.accepted else "warning")
         case ev.StagePassed():
             return Entry(t, "shadow stage passed" if e.index == ev.SHADOW_INDEX else f"stage {e.index + 1} ({e.weight}%) passed")
@@ -177,4 +178,5 @@ def timeline_entry(e: ev.Event) -> Entry | None:
 
 
 def event_lines(events: Iterable[ev.Event]) -> list[str]:
-    return [format_event(e) for e in events]
+    """What the events pane shows for ``events``: decision lines, quiet checks folded into one."""
+    return feed_lines(events)

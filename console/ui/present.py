@@ -64,7 +64,7 @@ def status_line(model: ConsoleModel) -> tuple[str, str]:
     s = model.state
     w = s.stages[s.index] if 0 <= s.index < len(s.stages) else s.weight
     left = model.remaining()
-    left_s = fmt_countdown(left).removesuffix(" left") if left is not None else "?"
+    left_s = fmt_countdown(left).removesuffix(" left") if left is not None else "an unknown time"
     match s.state:
         case st.STARTING:
             return "starting: health check, then the first stage", "info"
@@ -169,7 +169,7 @@ def key_help(bindings: Sequence[Any], allowed: Callable[[str], bool], role: str,
         desc = b.tooltip or b.description
         if b.action == "pause":
             on = on or allowed("resume")
-            desc = "pause / resume the observation clock (traffic stays)"
+            desc = "Pause / resume the observation clock (traffic stays)"
         key = {"slash": "/", "question_mark": "?", "q": "q ctrl+c"}.get(b.key, b.key)
         why = f"read-only {role} console" if role != "driver" and b.action in traffic else WHY_OFF.get(b.action, "")
         out.append(KeyHelp(key, desc, bool(on), "" if on else why))
@@ -196,7 +196,7 @@ def latency_bucket(ms: float | None) -> str:
     """Link latency in coarse steps: the header changes only when the step does, so a ping
     every few seconds costs no bytes on a slow SSH link."""
     if ms is None:
-        return "?"
+        return "untimed"  # no ping answered yet: a word, never "?"
     for edge in _LATENCY_EDGES:
         if ms < edge:
             return f"<{edge}ms"

@@ -230,15 +230,21 @@ class SequentialChecker:
         return out
 
     def _mde_note(self, ctx: CheckContext) -> dict[str, Any]:
-        parts = []
+        known, unknown = [], []
         for k in (ERRORS, LATENCY, SCHEMA):
             if k in self.tests:
                 v = self.stage_mde.get(k)
-                parts.append(f"{k} {_fmt(v)}x" if v is not None else f"{k} unknown until the first check (no traffic rate yet)")
+                if v is None:
+                    unknown.append(k)
+                else:
+                    known.append(f"{k} {_fmt(v)}x")
+        what = ", ".join(known) + (" production's rate" if known else "")
+        if unknown:
+            what += ("; " if known else "") + f"{', '.join(unknown)} unknown until the first check"
         rps = self.rps()
+        rate = f"{_fmt(rps)} rps" if rps is not None else "an unknown request rate (no traffic measured yet)"
         msg = (f"analysis: stage {ctx.index + 1} ({ctx.weight}%) can detect, with 80% power within "
-               f"{self.observation:g}s at {_fmt(rps) if rps is not None else '?'} rps: " + ", ".join(parts)
-               + " production's rate")
+               f"{self.observation:g}s at {rate}: {what}")
         data = {"stage": ctx.index, "weight": ctx.weight, "rps": rps,
                 "mde": {k: (_finite(v) if v is not None else None) for k, v in self.stage_mde.items()},
                 "pass_bound": {ERRORS: self.params.pass_bound_errors, LATENCY: self.params.pass_bound_latency}}
