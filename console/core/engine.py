@@ -15,7 +15,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from console.core import events as ev
 from console.core.clock import Clock, RealClock
@@ -29,12 +29,16 @@ from console.core.protocols import (
     HealthResult,
     RouterError,
     TrafficRouter,
+    Warmer,
+    WarmupResult,
     file_weight,
     router_hosts,
 )
 from console.core.state import DeploymentState, apply
 
 ROLLBACK_ATTEMPTS = 3
+WARMUP_PROGRESS_S = 5.0  # a warm-up progress note at least this often (and every tenth of it)
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -53,6 +57,7 @@ class Settings:
     dry_run: bool = False
     stay_at_100: bool = False  # keep checking at 100% until promote / rollback / stop
     shadow_period: float = 0.0  # a shadow stage before stage 1 (nginx mirrors every request to the canary); 0 = none
+    warmup_requests: int = 0  # sent straight to the canary before stage 1, kept out of the gates' samples; 0 = none
 
     @classmethod
     def from_config(cls, cfg: Any, **over: Any) -> Settings:
@@ -67,6 +72,7 @@ class Settings:
             unavailable_after=g["unavailable_after"],
             min_stage_time=r["min_stage_time"],
             shadow_period=r.get("shadow_period", 0.0),
+            warmup_requests=r.get("warmup_requests", 0),
             canary_health_url=cfg["health"]["canary_url"],
             health_timeout=cfg["health"]["timeout"],
         )
@@ -140,6 +146,7 @@ class Engine:
         on_promote: Callable[[Intent], Awaitable[ev.Event | None]] | None = None,
         startup_notes: Sequence[tuple[str, str]] = (),
         services: Sequence[Any] = (),
+        warmer: Warmer | None = None,
     ) -> None:
         if not 0 <= start_index < len(settings.stages):
             raise ValueError(f"start_index {start_index} is not a stage index")
@@ -150,6 +157,7 @@ class Engine:
         self.clock = clock or RealClock()
         self.checkers = list(checkers)
         self.health = health
+        self.warmer = warmer
         self.operator = operator or Operator.current()
         self.deployment_id = deployment_id or new_deployment_id(version, self.clock)
         self.start_index = start_index
@@ -167,6 +175,7 @@ class Engine:
         self._weight: float | None = None
         self._generations: dict[str, float] = {}  # every generation this engine wrote -> its canary weight
         self._generation = ""  # the one nginx last confirmed (the split gate counts only its requests)
+        self._samples_since = 0.0  # clock.monotonic() after the warm-up: no sample from before it counts
         self.exit_code: int | None = None
 
     # ------------------------------------------------------------------ plumbing
@@ -215,7 +224,7 @@ class Engine:
 
     async def aclose(self) -> None:
         """Close the adapters the engine was given (HTTP clients, metric sources), best effort."""
-        for obj in [self.health, *self.checkers]:
+        for obj in [self.health, self.warmer, *self.checkers]:
             closer = getattr(obj, "aclose", None)  # optional in the Checker Protocol
             if closer is not None:
                 try:
@@ -289,7 +298,7 @@ class Engine:
 
     async def _run(self) -> int:
         s = self.s
-        if not await self._precheck():
+        if not await self._precheck() or not await self._warm_up():
             return ExitCode.PRECONDITION
         idx = self.start_index
         if self._shadow_first():
@@ -318,6 +327,45 @@ class Engine:
             else:  # "back"
                 idx -= 1
 
+    async def _warm_up(self) -> bool:
+        """``warmup_requests`` straight to the canary, after the prechecks and before any traffic
+        moves; progress and the outcome in notes.  Afterwards every window starts after it
+        (``samples_since``).  Most of them failing stops the deployment (exit 4, nothing changed).
+        Skipped where the shadow stage is: a resumed deployment that serves users from the canary."""
+        n = self.s.warmup_requests
+        if n <= 0 or self.warmer is None or self.start_index != 0 or (self.resumed and file_weight(self.router)):
+            return True
+        what = self.warmer.describe(n)
+        if self.s.dry_run:
+            self.note("info", f"dry run: the warm-up would send {what}; nothing was sent",
+                      warmup={"requested": n, "sent": 0})
+            return True
+        self.note("info", f"warm-up: sending {what} before stage 1 (kept out of the gates' samples)",
+                  warmup={"requested": n, "sent": 0})
+        step, shown = max(1, n // 10), {"sent": 0, "t": self.clock.monotonic()}
+
+        def progress(sent: int, ok: int, failed: int) -> None:
+            now = self.clock.monotonic()
+            if sent < n and sent - shown["sent"] < step and now - shown["t"] < WARMUP_PROGRESS_S:
+                return
+            shown["sent"], shown["t"] = sent, now
+            self.note("info", f"warm-up: {sent} of {n} sent, {ok} ok, {failed} failed",
+                      warmup={"requested": n, "sent": sent, "ok": ok, "failed": failed})
+
+        res: WarmupResult = await self._preemptible(self.warmer.warm(n, progress))
+        if not res.passed:
+            self.emit(ev.Failed, index=self.start_index, reason=(
+                f"warm-up failed: {res.failed} of {res.sent} requests straight to the canary failed "
+                f"({res.first_error or 'no answer'}) after {res.seconds:.1f}s; nothing was changed. Next: check that the "
+                "canary is up and answers the warm-up request ([rollout] warmup_path, warmup_method, warmup_bodies), "
+                "or set [rollout] warmup_requests = 0"))
+            return False
+        self._samples_since = self.clock.monotonic()
+        settled = f"; {res.settled}" if res.settled else ""
+        self.note("info", f"warm-up done: {res.ok} of {res.sent} ok, {res.failed} failed, in {res.seconds:.1f}s{settled}; "
+                  "the gates and the analysis count only what comes after it", warmup=res.as_data())
+        return True
+
     def _shadow_first(self) -> bool:
         """A shadow stage runs before stage 1 when configured, unless a resumed deployment already
         serves users from the canary (it got past the shadow stage)."""
@@ -343,7 +391,8 @@ class Engine:
     async def _begin_stage(self, idx: int) -> None:
         """Checkers that prepare per stage (the analysis' MDE, the scrape sampler) say so in notes."""
         ctx = CheckContext(deployment_id=self.deployment_id, version=self.version, index=idx, weight=self.s.stages[idx],
-                           stage_elapsed=0.0, stage_wall_start=self.clock.monotonic(), min_period=self.s.min_stage_time)
+                           stage_elapsed=0.0, stage_wall_start=self.clock.monotonic(), min_period=self.s.min_stage_time,
+                           samples_since=self._samples_since)
         for c in self.checkers:
             begin = getattr(c, "begin_stage", None)
             if begin is None:
@@ -607,9 +656,9 @@ class Engine:
                 self._intents.remove(it)
                 self._apply_intent(it, None)  # raises _Rollback
 
-    async def _preemptible(self, coro: Awaitable[list[GateResult]]) -> list[GateResult]:
-        """Run a check, but let a rollback (or an interrupt) in at once: a slow Prometheus must
-        never delay the operator's rollback by a check timeout."""
+    async def _preemptible(self, coro: Awaitable[_T]) -> _T:
+        """Run a check (or the warm-up), but let a rollback (or an interrupt) in at once: a slow
+        Prometheus must never delay the operator's rollback by a check timeout."""
         task = asyncio.ensure_future(coro)
         try:
             while True:
@@ -631,7 +680,7 @@ class Engine:
         ctx = CheckContext(
             deployment_id=self.deployment_id, version=self.version, index=st.index, weight=st.weight,
             stage_elapsed=st.elapsed, stage_wall_start=st.started, min_period=s.min_stage_time,
-            generation=self._generation, shadow=st.index == SHADOW_INDEX,
+            generation=self._generation, shadow=st.index == SHADOW_INDEX, samples_since=self._samples_since,
         )
         results = await self._preemptible(self._run_checks(ctx))
         st.checks += 1

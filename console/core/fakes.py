@@ -11,7 +11,15 @@ from typing import Any
 
 from console.core import events as ev
 from console.core.events import PASS, GateResult
-from console.core.protocols import CheckContext, CounterSnapshot, HealthResult, LinkStatus, RouterError, WindowStats
+from console.core.protocols import (
+    CheckContext,
+    CounterSnapshot,
+    HealthResult,
+    LinkStatus,
+    RouterError,
+    WarmupResult,
+    WindowStats,
+)
 
 
 class FakeRouter:
@@ -77,6 +85,44 @@ class FakeHealth:
         return None
 
 
+class FakeWarmer:
+    """A warm-up on the engine's clock: each request takes ``per_request`` clock seconds; the
+    first ``fail_first`` of them fail (``error`` says how), the rest answer 2xx.  Stops early
+    like the real one once more than half failed.  ``calls`` records each ``warm(count)``."""
+
+    def __init__(self, clock: Any = None, per_request: float = 0.0, fail_first: int = 0,
+                 error: str = "no answer (Connection refused)") -> None:
+        self.clock = clock
+        self.per_request = per_request
+        self.fail_first = fail_first
+        self.error = error
+        self.calls: list[int] = []
+        self.closed = False
+
+    def describe(self, count: int) -> str:
+        return f"{count} POST http://canary.test/api/generate, straight to the canary"
+
+    async def warm(self, count: int, progress: Callable[[int, int, int], object]) -> WarmupResult:
+        self.calls.append(count)
+        t0 = self.clock.monotonic() if self.clock is not None else 0.0
+        ok = failed = sent = 0
+        while sent < count and failed * 2 <= count:
+            if self.clock is not None and self.per_request:
+                await self.clock.sleep(self.per_request)
+            sent += 1
+            if sent <= self.fail_first:
+                failed += 1
+            else:
+                ok += 1
+            progress(sent, ok, failed)
+        took = (self.clock.monotonic() - t0) if self.clock is not None else 0.0
+        return WarmupResult(requested=count, sent=sent, ok=ok, failed=failed, seconds=took,
+                            first_error=self.error if failed else "")
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
 class ScriptedChecker:
     """Answers each check with ``fn(ctx)``; default: every gate passes on data."""
 
@@ -100,7 +146,7 @@ class FakeMetricSource:
         self.outcome = outcome
         self.closed = 0
 
-    async def stats(self) -> WindowStats:
+    async def stats(self, since: float = 0.0) -> WindowStats:
         if isinstance(self.outcome, BaseException):
             raise self.outcome
         return self.outcome

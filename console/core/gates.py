@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from console.core.config import window_label
+from console.core.config import parse_duration, window_label
 from console.core.events import ERROR, FAIL, INCONCLUSIVE, PASS, GateResult
 from console.core.protocols import CheckContext, MetricSource, MetricsUnavailable, WindowStats
 
@@ -239,13 +239,17 @@ class MetricGates:
 
     async def check(self, ctx: CheckContext) -> list[GateResult]:
         try:
-            stats = await self.source.stats()
+            # after a warm-up the window starts after it (console/adapters/warmup.py): none of it counts
+            stats = await (self.source.stats(since=ctx.samples_since) if ctx.samples_since else self.source.stats())
         except MetricsUnavailable as e:
             self.last = source_errors(str(e), self.policy)
         except Exception as e:  # a source bug must show as ERROR, not kill the rollout
             self.last = source_errors(f"{self.source.kind} source failed: {type(e).__name__}", self.policy)
         else:
-            self.last = evaluate(stats, self.policy)
+            policy = self.policy
+            if ctx.samples_since and stats.window_s < parse_duration(policy.window) - 1e-6:
+                policy = dataclasses.replace(policy, window=f"{math.floor(stats.window_s)}s")  # the window it judged
+            self.last = evaluate(stats, policy)
         return self.last
 
     async def aclose(self) -> None:

@@ -87,6 +87,9 @@ class CheckContext:
     extra: dict[str, Any] = field(default_factory=dict)
     generation: str = ""  # the router generation the stage's traffic was applied under ("" = not told)
     shadow: bool = False  # the shadow stage: the canary gets a mirrored copy of every request, serves no user
+    # clock.monotonic() after the warm-up (and after the metric source showed it): no sample from
+    # before it may count, so a window never reaches back past it (0.0 = no warm-up, no limit)
+    samples_since: float = 0.0
 
 
 class Checker(Protocol):
@@ -172,8 +175,9 @@ class MetricSource(Protocol):
 
     kind: str
 
-    async def stats(self) -> WindowStats:
-        """Per version, over the rate window: what the gates judge."""
+    async def stats(self, since: float = 0.0) -> WindowStats:
+        """Per version, over the rate window: what the gates judge.  ``since`` (a clock.monotonic()
+        time, 0.0 = none): the window starts no earlier than it (``window_s`` says how long it is)."""
 
     async def snapshot(self) -> CounterSnapshot:
         """The cumulative counters, for the sequential analysis."""
@@ -185,6 +189,44 @@ class MetricSource(Protocol):
 
     def describe(self) -> str:
         """One line for operators: where the numbers come from (never a credential)."""
+
+
+@dataclass(frozen=True)
+class WarmupResult:
+    """What a warm-up sent straight to the canary.  ``settled``: one line on how the metric
+    source caught up with it ("" when there is no source to ask)."""
+
+    requested: int
+    sent: int
+    ok: int  # 2xx
+    failed: int  # another status, a timeout, no connection
+    seconds: float
+    first_error: str = ""  # the first failure, one line ("HTTP 503", "connection refused")
+    settled: str = ""
+
+    @property
+    def passed(self) -> bool:
+        """Every request was sent and at most half of them failed."""
+        return self.sent == self.requested and self.failed * 2 <= self.requested
+
+    def as_data(self) -> dict[str, Any]:
+        return {"requested": self.requested, "sent": self.sent, "ok": self.ok, "failed": self.failed,
+                "seconds": round(self.seconds, 3), "first_error": self.first_error, "settled": self.settled}
+
+
+class Warmer(Protocol):
+    """Sends ``[rollout] warmup_requests`` straight to the canary, not through nginx, before stage 1
+    (console/adapters/warmup.HttpWarmer).  It stops early once more than half failed (the warm-up
+    cannot pass any more), and returns once the metric source counts what it sent (bounded), so
+    that windows starting after it hold none of it."""
+
+    def describe(self, count: int) -> str:
+        """What ``warm(count)`` would send, one line ("50 POST http://canary:8001/api/generate ...")."""
+
+    async def warm(self, count: int, progress: Callable[[int, int, int], object]) -> WarmupResult:
+        """Send ``count`` requests; ``progress(sent, ok, failed)`` after each one."""
+
+    async def aclose(self) -> None: ...
 
 
 class HealthProbe(Protocol):
@@ -200,7 +242,7 @@ class LinkStatus:
     """What the console shows about its link: attached or not, to which engine, how fast."""
 
     attached: bool
-    role: str  # driver | watcher | replay
+    role: str  # driver | watcher | replay | observer
     engine_pid: int = 0
     engine_host: str = ""
     deployment_id: str = ""
@@ -217,9 +259,10 @@ class EngineLink(Protocol):
 
     The in-process link wraps an Engine; the socket link (detached engine) speaks the same
     records over a unix socket; the replay and journal-follow links read the journal
-    (console/remote/links.py, console/remote/client.py).  ``role`` is "driver", "watcher" or
-    "replay"; only a driver may submit.  What a link cannot do it refuses with PermissionError,
-    and says so up front in its capabilities, so a console never has to probe it."""
+    (console/remote/links.py, console/remote/client.py).  ``role`` is "driver", "watcher",
+    "replay" or "observer" (the browser mirror: no traffic key is even bound); only a driver
+    may submit.  What a link cannot do it refuses with PermissionError, and says so up front
+    in its capabilities, so a console never has to probe it."""
 
     role: str
     detached: bool  # the engine runs in another process: it goes on when this console leaves

@@ -9,7 +9,7 @@ config, and rolls v0.2.0 out, under the console or (``--headless``) one line per
 Every child stops on every exit path and the directory goes (unless ``--keep``).
 
 * plan.py: the demo's versions and stages; the flags validated into a ``Plan``;
-* stack.py: starting the services, nginx, Prometheus and the traffic; the canary warm-up;
+* stack.py: starting the services, nginx, Prometheus and the traffic; the probes to the canary;
 * config_writer.py: the sandbox's canary.toml, with the demo's window and min_requests;
 * faults.py: faults into the canary (scheduled, or the console's F menu);
 * drive.py: the session: start, build the engine, run it headless or under the console, stop;
@@ -18,10 +18,13 @@ Every child stops on every exit path and the directory goes (unless ``--keep``).
 
 Why the demo's timings look the way they do: at 20 requests/s a 1% stage sends the canary a
 request every 5 s, so within a 30 s observation a mode can see no canary request at all, and
-"no data" never passes a gate.  The demo therefore (1) warms the canary up with a few direct
-requests per mode as the rollout starts (the guide's "Warm up canary"), (2) judges a rate
-window of twice the observation period, so the warm-up and the previous stage stay in view,
-and (3) sizes ``min_requests`` from the expected canary traffic.  A fault still shows within
-seconds: the critical gates (5xx ratio above 1%, any schema failure, health) need one bad
-check, not a full window.
+"no data" never passes a gate.  The demo therefore (1) sends a few probe requests per mode
+straight to the canary from stage 1 on (``stack.Probes``: ``PROBES_PER_MODE`` per mode per
+observation period, as a QA probe would), (2) judges a rate window of twice the observation
+period, so the previous stage stays in view, and (3) sizes ``min_requests`` from the expected
+canary traffic.  It warms the canary up the way a real deploy does, with ``[rollout]
+warmup_requests`` (``WARMUP_PER_MODE`` per mode, one body per mode in turn: the guide's "Warm
+up canary"); the gates and the analysis leave the warm-up out of their samples, so it cannot
+be what gives the 1% stage its data.  A fault still shows within seconds: the critical gates
+(5xx ratio above 1%, any schema failure, health) need one bad check, not a full window.
 """

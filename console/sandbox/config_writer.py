@@ -13,12 +13,12 @@ import os
 from typing import Any
 
 from console.sandbox.plan import STAGES, UPSTREAM_NAME, Plan
-from console.sandbox.stack import Running
+from console.sandbox.stack import MODES, WARMUP_PER_MODE, Running
 
 
 def demo_window(observation: float) -> float:
     """The rate window: twice the observation, so at the end of a stage the window still holds
-    the whole stage and what came just before it (the warm-up at stage 1)."""
+    the whole stage and what came just before it (never the warm-up: windows start after it)."""
     return max(10.0, 2.0 * observation)
 
 
@@ -27,6 +27,11 @@ def demo_min_requests(rps: float, window: float) -> int:
     the mix) is expected to get in the window at the second stage, within 3..20."""
     expected = rps * STAGES[1] / 100 * window * 0.2
     return int(min(20, max(3, math.floor(expected / 4))))
+
+
+def warmup_bodies() -> list[str]:
+    """One body per mode, sent in turn: the warm-up reaches every mode's code path."""
+    return [json.dumps({"mode": mode, "notes": ["bergamot", "cedar"]}) for mode in MODES]
 
 
 def _toml(v: Any) -> str:
@@ -47,7 +52,8 @@ def render_config(r: Running, plan: Plan, analysis: bool) -> str:
     prod_addr, canary_addr = r.production_url.removeprefix("http://"), r.canary_url.removeprefix("http://")
     sections: dict[str, dict[str, Any]] = {
         "rollout": {"stages": list(STAGES), "observation_period": plan.observation, "check_interval": plan.check_interval,
-                    "health_timeout": 2.0},
+                    "health_timeout": 2.0, "warmup_requests": WARMUP_PER_MODE * len(MODES), "warmup_method": "POST",
+                    "warmup_path": "/api/generate", "warmup_bodies": warmup_bodies()},
         "nginx": {"upstream_file": str(r.upstream_file), "upstream_name": UPSTREAM_NAME, "production": prod_addr,
                   "canary": canary_addr, "test_command": r.test_command, "reload_command": r.reload_command,
                   "verify_url": r.verify_url, "verify_timeout": 10.0, "access_log": str(r.access_log)},

@@ -10,6 +10,7 @@ console, the ``ConsoleWatchdog``).  Exit codes: the deploy's (0 at 100%, 3 rolle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import select
@@ -23,7 +24,7 @@ from console.core.exits import ExitCode
 from console.sandbox.config_writer import write_config
 from console.sandbox.faults import FaultScheduler, fault_actions
 from console.sandbox.plan import DEPLOY_VERSION, STAGES, Plan, describe_faults
-from console.sandbox.stack import Running, WarmUp, start_sandbox
+from console.sandbox.stack import Probes, Running, start_sandbox
 from console.sandbox.supervisor import Sandbox, SandboxInterrupted, StartFailed
 
 
@@ -51,10 +52,17 @@ def _engine_note(engine: Any, json_lines: bool, interactive: bool) -> Callable[[
 
 
 def _headless(engine: Any, sb: Sandbox, json_lines: bool) -> int:
-    from console.core.eventfmt import format_event
+    """Headless: every record (--json), or the decisions with one line for quiet checks
+    (rewritten in place on a terminal; core/eventfmt.py HeadlessLines says what a file gets)."""
+    import shutil
+
+    from console.core.eventfmt import HeadlessLines
+
+    tty = sys.stdout.isatty()
+    lines = HeadlessLines(tty, shutil.get_terminal_size().columns if tty else 80)
 
     def printer(e: ev.Event) -> None:
-        print(json.dumps(e.to_record()) if json_lines else format_event(e), flush=True)
+        print(json.dumps(e.to_record()) if json_lines else lines.feed(e), end="\n" if json_lines else "", flush=True)
 
     engine.add_listener(printer)
     held = None
@@ -69,6 +77,9 @@ def _headless(engine: Any, sb: Sandbox, json_lines: bool) -> int:
     try:
         return asyncio.run(main())
     finally:
+        if not json_lines:
+            with contextlib.suppress(OSError, ValueError):  # the terminal may be gone
+                print(lines.close(), end="", flush=True)
         sb.install_handlers(release=held)
 
 
@@ -167,12 +178,12 @@ def drive(r: Running, plan: Plan) -> int:
     with Journal(cfg.journal_path) as journal:
         clock = RealClock()
         checkers, source = build_checkers(cfg, clock)
-        engine = build_engine(cfg, DEPLOY_VERSION, journal=journal, clock=clock, checkers=checkers, stay_at_100=interactive)
+        engine = build_engine(cfg, DEPLOY_VERSION, journal=journal, clock=clock, checkers=checkers, source=source,
+                              stay_at_100=interactive)  # the warm-up: [rollout] warmup_requests (config_writer.py)
         report = _engine_note(engine, plan.json, interactive)
-        warm = WarmUp(r.canary_url, source, report)
-        engine.add_listener(warm)
+        engine.add_listener(Probes(r.sandbox, r.canary_url, plan.observation))
         if plan.faults and plan.fault_at is not None:
-            engine.add_listener(FaultScheduler(r.canary_url, plan.faults, plan.fault_at, report, after=warm.wait))
+            engine.add_listener(FaultScheduler(r.canary_url, plan.faults, plan.fault_at, report))
         _announce(r, plan)
         _say(f"rolling out {DEPLOY_VERSION}: stages {', '.join(f'{s}%' for s in STAGES)}, "
              f"observation {plan.observation:g}s, checks every {plan.check_interval:g}s, "

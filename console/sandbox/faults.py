@@ -41,16 +41,14 @@ def post_faults(canary_url: str, body: dict[str, Any], timeout: float = 5.0) -> 
 class FaultScheduler:
     """Engine listener: when the stage with weight ``at`` starts, inject ``body`` into the canary.
 
-    ``report(line, data)`` tells the operator (headless output, or the engine's journal);
-    ``after`` is awaited first: the warm-up, which must reach the canary before the fault does."""
+    ``report(line, data)`` tells the operator (headless output, or the engine's journal).  The
+    engine's warm-up ([rollout] warmup_requests) is over before any stage starts."""
 
-    def __init__(self, canary_url: str, body: dict[str, Any], at: int, report: Callable[[str, dict[str, Any]], None],
-                 after: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(self, canary_url: str, body: dict[str, Any], at: int, report: Callable[[str, dict[str, Any]], None]) -> None:
         self.canary_url = canary_url
         self.body = dict(body)
         self.at = at
         self.report = report
-        self.after = after
         self.injected = False
 
     def __call__(self, e: ev.Event) -> Awaitable[None] | None:
@@ -61,8 +59,6 @@ class FaultScheduler:
 
     async def _inject(self) -> None:
         what = describe_faults(self.body)
-        if self.after is not None:
-            await self.after()
         try:
             await asyncio.to_thread(post_faults, self.canary_url, self.body)
         except RuntimeError as e:

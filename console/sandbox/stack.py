@@ -1,6 +1,6 @@
 """Starting the sandbox's processes, in dependency order: the production and canary demo
 services, nginx in front of them, Prometheus scraping both (when installed), the traffic
-through nginx; and the warm-up of the canary as the rollout starts.
+through nginx, and the probe traffic straight to the canary (``Probes``: see the package docstring).
 
 Every process is a child of the supervisor (console/sandbox/supervisor.py), so it stops on
 every exit path; a piece that cannot start is a ``StartFailed`` (one line: what, and what to do).
@@ -8,14 +8,12 @@ every exit path; a piece that cannot start is a ``StartFailed`` (one line: what,
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
 import sys
-import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,8 @@ from console.sandbox.supervisor import Child, PortTaken, Sandbox, StartFailed, f
 
 MODES = ("fast", "balanced", "creative")
 RL_LOSS = {"production": 0.42, "canary": 0.40}  # both report it, so the RL-loss gate is live
-WARMUP_PER_MODE = 10
+WARMUP_PER_MODE = 10  # [rollout] warmup_requests = this many per mode (config_writer.py)
+PROBES_PER_MODE = 4  # per mode per observation period, straight to the canary from stage 1 on
 SCRAPE_JOB = "canary-demo"
 START_TIMEOUT = 30.0
 
@@ -154,22 +153,6 @@ def wait_prometheus(sb: Sandbox, child: Child, n_targets: int, say: Callable[[st
         raise StartFailed(f"{e}; the targets page says why: {url}/targets") from None
 
 
-def warm_up(canary_url: str, per_mode: int = WARMUP_PER_MODE) -> int:
-    """A few requests per mode straight to the canary; the number that answered 2xx."""
-    ok = 0
-    for i in range(per_mode):
-        for mode in MODES:
-            body = json.dumps({"mode": mode, "notes": ["bergamot", "cedar"][: 1 + i % 2]}).encode()
-            req = urllib.request.Request(f"{canary_url}/api/generate", data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(req, timeout=10.0) as r:
-                    ok += 200 <= r.status < 300
-            except (OSError, urllib.error.HTTPError):
-                pass
-    return ok
-
-
 def start_sandbox(sb: Sandbox, plan: Plan, say: Callable[[str], None]) -> Running:
     """Everything the demo runs, in dependency order; StartFailed (one line) if a piece cannot."""
     from console.sandbox.nginx_local import find_nginx
@@ -220,42 +203,27 @@ def start_sandbox(sb: Sandbox, plan: Plan, say: Callable[[str], None]) -> Runnin
     return running
 
 
-class WarmUp:
-    """Engine listener: when the deployment starts, warm the canary up (see the
-    package docstring, console/sandbox/__init__.py: without it the 1% stage has no data for
-    some modes at demo rates).
+class Probes:
+    """Engine listener: when stage 1 starts, requests straight to the canary, every mode in turn,
+    ``PROBES_PER_MODE`` per mode per observation period, until the sandbox stops (a QA probe on
+    the canary).  The demo's rates are low: at 20 requests/s a 1% stage sends the canary one
+    request every 5 s, and a mode can see none within a 30 s observation (see the package
+    docstring); the warm-up ([rollout] warmup_requests) cannot fill that gap, because the gates
+    leave it out of their samples like any deploy's."""
 
-    The metric source reads once first: a scrape source counts only what happens after its
-    first scrape, so a warm-up before that would be invisible to it (Prometheus has already
-    scraped both services: the sandbox waited for that)."""
-
-    def __init__(self, canary_url: str, source: Any, report: Callable[[str, dict[str, Any]], None]) -> None:
+    def __init__(self, sb: Sandbox, canary_url: str, observation: float) -> None:
+        self.sb = sb
         self.canary_url = canary_url
-        self.source = source
-        self.report = report
-        self._done: asyncio.Event | None = None
+        self.rps = PROBES_PER_MODE * len(MODES) / observation
+        self.started = False
 
-    def __call__(self, e: ev.Event) -> Awaitable[None] | None:
-        if self._done is not None or not isinstance(e, ev.DeploymentStarted):
-            return None
-        self._done = asyncio.Event()
-        return self._go(self._done)
+    def __call__(self, e: ev.Event) -> None:
+        if self.started or not isinstance(e, ev.StageStarted) or e.shadow:
+            return
+        self.started = True
+        from console.sandbox.traffic import BackgroundTraffic
 
-    async def _go(self, done: asyncio.Event) -> None:
-        try:
-            if self.source is not None:
-                try:
-                    await self.source.snapshot()
-                except Exception:  # the gates report an unreachable source; the warm-up goes ahead
-                    pass
-            ok = await asyncio.to_thread(warm_up, self.canary_url)
-        finally:
-            done.set()
-        total = WARMUP_PER_MODE * len(MODES)
-        self.report(f"warmed up the canary: {ok} of {total} requests ({WARMUP_PER_MODE} per mode) straight to it, "
-                    "so that the 1% stage has data for every mode", {"warm_up": ok, "ok": ok == total})
-
-    async def wait(self) -> None:
-        """Until the warm-up is over (at once if it never started)."""
-        if self._done is not None:
-            await self._done.wait()
+        bg = BackgroundTraffic(self.canary_url, rps=self.rps, mix=dict.fromkeys(MODES, 1.0), max_seconds=7 * 24 * 3600,
+                               drain=1.0, timeout=10.0)
+        self.sb.on_close(bg.stop)
+        bg.start()

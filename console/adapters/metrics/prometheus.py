@@ -124,6 +124,7 @@ class PrometheusSource:
         self._client_lock = threading.Lock()
         self._lock: asyncio.Lock | None = None
         self._stats: WindowStats | None = None
+        self._stats_since = 0.0  # the ``since`` self._stats was read for
         self._snapshot: CounterSnapshot | None = None
 
     # ------------------------------------------------------------------ presentation
@@ -249,15 +250,22 @@ class PrometheusSource:
 
     # ------------------------------------------------------------------ the interface
 
-    async def stats(self) -> WindowStats:
+    async def stats(self, since: float = 0.0) -> WindowStats:
         async with self._get_lock():
-            if self._stats is not None and self.clock.monotonic() - self._stats.t < FRESH_FOR:
+            if (self._stats is not None and self.clock.monotonic() - self._stats.t < FRESH_FOR
+                    and self._stats_since == since):
                 return self._stats
-            q = self.queries
+            window, q = self.window_s, self.queries
+            if since:
+                # never reach back past ``since`` (the end of the warm-up): whole milliseconds, rounded down
+                ms = math.floor(max(0.0, min(self.window_s, self.clock.monotonic() - since)) * 1000)
+                if ms < self.window_s * 1000:
+                    window, q = ms / 1000, build_queries(self.names, ms / 1000, promql_window=f"{max(1, ms)}ms")
             vectors = await self._batch(
                 "window query", [q.requests, q.error_ratio, q.p95, q.schema_failures, q.rl_loss]
             )
-            self._stats = self._window_stats(*vectors)
+            self._stats = self._window_stats(*vectors, window=window, queries=q)
+            self._stats_since = since
             return self._stats
 
     async def snapshot(self) -> CounterSnapshot:
@@ -285,9 +293,15 @@ class PrometheusSource:
 
     # ------------------------------------------------------------------ decoding
 
-    def _window_stats(self, requests: Vector, ratio: Vector, p95: Vector, schema: Vector, rl: Vector) -> WindowStats:
+    def _window_stats(self, requests: Vector, ratio: Vector, p95: Vector, schema: Vector, rl: Vector,
+                      window: float | None = None, queries: Queries | None = None) -> WindowStats:
         n = self.names
         versions = (n.production, n.canary)
+        window = self.window_s if window is None else window
+        q = queries or self.queries
+        if not requests and window < self.window_s:  # a window cut short by the warm-up: too few scrapes yet
+            return WindowStats(t=self.clock.monotonic(), window_s=window, source=self.kind, canary=VersionStats(),
+                               notes=(f"the {window:g}s since the warm-up hold too few samples yet",))
         if not requests:
             raise self._fail(
                 "window query",
@@ -328,11 +342,10 @@ class PrometheusSource:
                 requests=total, by_mode={m: modes.get(m, 0.0) for m in n.modes}, error_ratio=err, p95=p,
                 schema_failures=schemas.get(ver, 0.0), schema_series=ver in schemas, rl_loss=losses.get(ver),
             )
-        q = self.queries
         canary = out[n.canary]
         assert canary is not None
         return WindowStats(
-            t=self.clock.monotonic(), window_s=self.window_s, source=self.kind, canary=canary, production=out[n.production],
+            t=self.clock.monotonic(), window_s=window, source=self.kind, canary=canary, production=out[n.production],
             queries={"requests": q.requests, "error_rate": q.error_ratio, "p95_latency": q.p95,
                      "schema_failures": q.schema_failures, "rl_loss": q.rl_loss},
         )

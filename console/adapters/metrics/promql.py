@@ -169,8 +169,9 @@ class Queries:
     c_rl_loss: str
 
 
-def build_queries(n: MetricNames, window_s: float) -> Queries:
-    w = format_duration(window_s)
+def build_queries(n: MetricNames, window_s: float, promql_window: str = "") -> Queries:
+    """The queries over ``window_s`` (``promql_window``, when given, is that range as PromQL: "12345ms")."""
+    w = promql_window or format_duration(window_s)
     v, m = n.version_label, n.mode_label
     sel = f"{v}=~{promql_string(regex_literal(n.production) + '|' + regex_literal(n.canary))}"
     err = f"{sel},{n.status_label}=~{promql_string(ERROR_STATUS)}"

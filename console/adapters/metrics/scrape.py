@@ -207,9 +207,9 @@ class ScrapeSource:
 
     # ------------------------------------------------------------------ the interface
 
-    async def stats(self) -> WindowStats:
+    async def stats(self, since: float = 0.0) -> WindowStats:
         now = await self._fresh()
-        return self.stats_at(now)
+        return self.stats_at(now, since)
 
     async def snapshot(self) -> CounterSnapshot:
         now = await self._fresh()
@@ -227,10 +227,11 @@ class ScrapeSource:
             for key, pts in points.items():
                 yield role, key, pts
 
-    def stats_at(self, now: float) -> WindowStats:
-        """What the PromQL of console/adapters/metrics/promql.py answers at ``now``, from the store."""
+    def stats_at(self, now: float, since: float = 0.0) -> WindowStats:
+        """What the PromQL of console/adapters/metrics/promql.py answers at ``now``, from the store;
+        the window starts no earlier than ``since`` (the end of the warm-up) when given."""
         n = self.names
-        start = now - self.window_s
+        start = max(now - self.window_s, since) if since else now - self.window_s
         req: dict[str, dict[str, float]] = {}
         err: dict[str, float] = {}
         bkt: dict[tuple[str, str], dict[float, float]] = {}
@@ -300,7 +301,8 @@ class ScrapeSource:
             )
         canary = out[n.canary]
         assert canary is not None
-        return WindowStats(t=now, window_s=self.window_s, source=self.kind, canary=canary, production=out[n.production],
+        window = now - start if since and start > now - self.window_s else self.window_s
+        return WindowStats(t=now, window_s=window, source=self.kind, canary=canary, production=out[n.production],
                            notes=tuple(notes))
 
     def _latest(self) -> Iterable[tuple[str, SeriesKey, float]]:
