@@ -21,6 +21,9 @@ way it does:
   Adaptive Card message that Teams incoming webhooks and Workflows accept).  Every format says
   the same facts, each computed once in ``alert_facts``; docs/lifecycle.md shows the shapes and
   the documentation they follow.
+* A rollback's alert names its incident report (``report``, a row in Slack and Teams, a sentence
+  in ``text``): ``<journal dir>/reports/<deployment id>.html``, which ``core/report.py``
+  ``IncidentReporter`` writes once nginx serves 0% (docs/report.md).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from urllib.parse import urlsplit
 
 from console.core import events as ev
 from console.core.config import CHOICES
+from console.core.report import deciding_gate, report_path
+from console.core.report import failing as _failing
 
 NoteFn = Callable[[str, str, dict[str, Any]], object]
 
@@ -92,15 +97,11 @@ def check_url(url: str) -> None:
 
 
 def _pct(v: Any) -> str:
-    return f"{v}%" if v is not None else "?"
+    return f"{v}%" if v is not None else "unknown"
 
 
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4g}"
-
-
-def _failing(e: ev.RolledBack) -> list[ev.GateResult]:
-    return [r for r in e.snapshot if r.verdict in (ev.FAIL, ev.ERROR)]
 
 
 def _reason(e: ev.Event) -> str:
@@ -114,8 +115,8 @@ def _reason(e: ev.Event) -> str:
     return str(getattr(e, "reason", "") or "")
 
 
-def alert_text(e: ev.Event) -> str:
-    """The Slack ``text`` line for one event."""
+def alert_text(e: ev.Event, report: str = "") -> str:
+    """The Slack ``text`` line for one event; ``report``: a rollback's incident report (its path)."""
     who = f"{e.version} ({e.deployment_id})" if e.deployment_id else e.version
     dry = " [dry run]" if e.dry_run else ""
     if isinstance(e, ev.RolledBack):
@@ -124,7 +125,7 @@ def alert_text(e: ev.Event) -> str:
         how = "automatic" if e.automatic else "manual"
         text = (f":rotating_light: Alert: Canary validation failed{dry}. {who} rolled back from "
                 f"{_pct(e.from_weight)} to 0% ({how}): {_reason(e)}")
-        return text + (f". Metrics: {snap}" if snap else "")
+        return text + (f". Metrics: {snap}" if snap else "") + (f". Incident report: {report}" if report else "")
     if isinstance(e, ev.StagePassed):
         return f":white_check_mark: Canary {who}: stage {e.index + 1} at {_pct(e.weight)} passed{dry}" + (
             f" ({e.reason})" if e.reason else "")
@@ -133,7 +134,7 @@ def alert_text(e: ev.Event) -> str:
     if isinstance(e, ev.Completed):
         return f":rocket: Canary {who} reached 100% of the traffic{dry}; promote after the extended monitoring period"
     if isinstance(e, ev.Promoted):
-        by = e.operator.label() if e.operator else "?"
+        by = e.operator.label() if e.operator else "an unnamed operator"
         extra = f", approved by {', '.join(e.approvals)}" if e.approvals else ""
         forced = f", forced: {e.reason}" if e.forced else ""
         return f":tada: {who} promoted to production by {by}{extra}{forced}{dry}"
@@ -142,10 +143,13 @@ def alert_text(e: ev.Event) -> str:
     return f"Canary {who}: {e.kind}{dry}"
 
 
-def payload(e: ev.Event) -> dict[str, Any]:
-    """The event's journal record, plus ``text`` for Slack-compatible receivers."""
+def payload(e: ev.Event, report: str = "") -> dict[str, Any]:
+    """The event's journal record, plus ``text`` for Slack-compatible receivers (and, for a
+    rollback, ``report``: the incident report's path)."""
     body = e.to_record()
-    body["text"] = alert_text(e)
+    body["text"] = alert_text(e, report)
+    if report:
+        body["report"] = report
     return body
 
 
@@ -171,20 +175,6 @@ class AlertFacts:
     text: str  # alert_text(e): the generic body's ``text`` and Slack's fallback
 
 
-def deciding_gate(e: ev.Event) -> ev.GateResult | None:
-    """A rollback's deciding gate from its snapshot: the failing gate its reason opens with (the
-    engine's reason is ``describe(gate)``), or the erroring gate whose detail it quotes (metrics
-    unavailable); None for a manual rollback or one no gate decided."""
-    if not isinstance(e, ev.RolledBack):
-        return None
-    for r in _failing(e):
-        if e.reason == r.gate or e.reason.startswith((f"{r.gate} ", f"{r.gate}:")):
-            return r
-        if r.verdict == ev.ERROR and r.detail and r.detail in e.reason:
-            return r
-    return None
-
-
 def stage_label(e: ev.Event, total: int | None) -> str:
     """"stage 2/4, 5%": the stage the event happened at (a rollback: the one it left)."""
     if isinstance(e, ev.RolledBack):
@@ -201,8 +191,9 @@ def stage_label(e: ev.Event, total: int | None) -> str:
     return f"stage {index + 1}/{total}, {pct}" if total else f"stage {index + 1}, {pct}"
 
 
-def alert_facts(e: ev.Event, total: int | None = None) -> AlertFacts:
-    """``total`` is the number of stages (from the deployment's events), when known."""
+def alert_facts(e: ev.Event, total: int | None = None, report: str = "") -> AlertFacts:
+    """``total`` is the number of stages (from the deployment's events), when known; ``report``
+    the rollback's incident report (core/report.py deciding_gate picks the deciding gate)."""
     emoji, what = _HEADLINE.get(type(e), ("", e.kind))
     dry = " [dry run]" if e.dry_run else ""
     rows = [("Deployment", e.deployment_id or "-"), ("Version", e.version or "-"), ("Stage", stage_label(e, total))]
@@ -210,12 +201,14 @@ def alert_facts(e: ev.Event, total: int | None = None) -> AlertFacts:
     if gate is not None:
         rows += [("Deciding gate", f"{gate.gate} ({gate.verdict})"), ("Value", _fmt(gate.value)),
                  ("Threshold", _fmt(gate.threshold))]
+    if report:
+        rows.append(("Incident report", report))
     if isinstance(e, ev.Promoted):
-        rows.append(("Promoted by", e.operator.label() if e.operator else "?"))
+        rows.append(("Promoted by", e.operator.label() if e.operator else "an unnamed operator"))
         if e.approvals:
             rows.append(("Approved by", ", ".join(e.approvals)))
-    return AlertFacts(emoji=emoji, headline=f"Canary {e.version or '?'} {what}{dry}", reason=_reason(e),
-                      rows=tuple(rows), text=alert_text(e))
+    return AlertFacts(emoji=emoji, headline=f"Canary {e.version or '(version unknown)'} {what}{dry}", reason=_reason(e),
+                      rows=tuple(rows), text=alert_text(e, report))
 
 
 def _clip(s: str, limit: int) -> str:
@@ -235,10 +228,10 @@ def mrkdwn(s: str, limit: int) -> str:
     return cut + "\u2026"
 
 
-def slack_payload(e: ev.Event, total: int | None = None) -> dict[str, Any]:
+def slack_payload(e: ev.Event, total: int | None = None, report: str = "") -> dict[str, Any]:
     """A Slack incoming-webhook message: ``text`` (the notification fallback) and Block Kit
     ``blocks``: a header, the reason, and the facts as section fields."""
-    f = alert_facts(e, total)
+    f = alert_facts(e, total, report)
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": _clip(f"{f.emoji} {f.headline}".strip(), SLACK_HEADER_MAX),
                                     "emoji": True}},
@@ -253,10 +246,10 @@ def slack_payload(e: ev.Event, total: int | None = None) -> dict[str, Any]:
     return {"text": mrkdwn(f.text, SLACK_TEXT_MAX), "blocks": blocks}
 
 
-def teams_payload(e: ev.Event, total: int | None = None) -> dict[str, Any]:
+def teams_payload(e: ev.Event, total: int | None = None, report: str = "") -> dict[str, Any]:
     """A Teams message with one Adaptive Card (what Teams incoming webhooks and Workflows' "when a
     Teams webhook request is received" accept): the headline, the reason, the facts as a FactSet."""
-    f = alert_facts(e, total)
+    f = alert_facts(e, total, report)
     body: list[dict[str, Any]] = [
         {"type": "TextBlock", "text": _clip(f.headline, TEAMS_TITLE_MAX), "weight": "Bolder", "size": "Medium", "wrap": True},
     ]
@@ -269,13 +262,13 @@ def teams_payload(e: ev.Event, total: int | None = None) -> dict[str, Any]:
     return {"type": "message", "attachments": [{"contentType": ADAPTIVE_CARD, "contentUrl": None, "content": card}]}
 
 
-def render(e: ev.Event, fmt: str = "generic", total: int | None = None) -> dict[str, Any]:
+def render(e: ev.Event, fmt: str = "generic", total: int | None = None, report: str = "") -> dict[str, Any]:
     """The body to POST for ``e`` in the configured ``[notify] format``."""
     if fmt == "slack":
-        return slack_payload(e, total)
+        return slack_payload(e, total, report)
     if fmt == "teams":
-        return teams_payload(e, total)
-    return payload(e)
+        return teams_payload(e, total, report)
+    return payload(e, report)
 
 
 @dataclass
@@ -284,6 +277,7 @@ class _Item:
     event: ev.Event  # frozen: the JSON body is built by the delivery task, off the caller's path
     queued: float
     total: int | None = None  # the deployment's number of stages, when seen
+    report: str = ""  # a rollback's incident report (core/report.py report_path)
 
 
 class WebhookNotifier:
@@ -299,11 +293,13 @@ class WebhookNotifier:
         backoff: float = BACKOFF_BASE,
         transport: Any = None,
         body_format: str = "generic",
+        journal_path: Any = None,
     ) -> None:
         check_url(url)
         if body_format not in FORMATS:
             raise ValueError(f"[notify] format = {body_format!r} is not valid; allowed: {' or '.join(FORMATS)}")
         self.body_format = body_format
+        self.journal_path = journal_path  # a rollback's alert names <journal dir>/reports/<id>.html
         self._stages: int | None = None  # from DeploymentStarted / StageStarted, for "stage 2/4"
         self._url = _Secret(url)
         self.timeout = float(timeout)
@@ -331,7 +327,8 @@ class WebhookNotifier:
         n = cfg["notify"]
         if not n["webhook_url"]:
             return None
-        return cls(n["webhook_url"], n["timeout"], n["retries"], journal_note, body_format=n["format"])
+        return cls(n["webhook_url"], n["timeout"], n["retries"], journal_note, body_format=n["format"],
+                   journal_path=cfg.journal_path)
 
     def __repr__(self) -> str:
         return (f"WebhookNotifier(url=<redacted>, timeout={self.timeout:g}, retries={self.retries}, "
@@ -358,7 +355,10 @@ class WebhookNotifier:
             self._last_holding = key
         elif not isinstance(e, ev.Failed):
             self._last_holding = None
-        item = _Item(e.kind, e, time.monotonic(), self._stages)
+        report = ""
+        if isinstance(e, ev.RolledBack) and e.deployment_id and self.journal_path is not None:
+            report = str(report_path(self.journal_path, e.deployment_id))  # IncidentReporter writes it
+        item = _Item(e.kind, e, time.monotonic(), self._stages, report)
         dropped = None
         with self._mutex:
             if len(self._queue) >= self._queue_size:
@@ -436,7 +436,7 @@ class WebhookNotifier:
         last = ""
         attempts = 0
         try:
-            body = render(item.event, self.body_format, item.total)
+            body = render(item.event, self.body_format, item.total, item.report)
         except Exception as e:  # an alert never breaks the engine
             self.failed += 1
             why = f"alert failed: {item.kind}: cannot build the payload ({type(e).__name__})"
