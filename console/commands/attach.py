@@ -137,23 +137,38 @@ def _drift(cfg: Any) -> str:
 
 def run_watch(args: argparse.Namespace, cfg: Any) -> int:
     """`canary-console watch`: the read-only console following the journal (the driver's engine
-    writes every event there, fsynced, before acting on it).  Nothing here can move traffic."""
-    from console.core.lock import describe_holder, is_held, lock_path_for, read_holder
-    from console.remote.links import JournalFollowLink
+    writes every event there, fsynced, before acting on it).  Nothing here can move traffic.
 
-    link = JournalFollowLink(cfg.journal_path)
+    ``--mirror``: the console `serve` runs for each browser (docs/serve.md): role "observer", no
+    traffic key bound at all; it speaks to textual-serve over pipes (TEXTUAL_DRIVER), not a tty."""
+    import os
+
+    from console.core.lock import describe_holder, is_held, lock_path_for, read_holder
+    from console.remote.links import JournalFollowLink, MirrorLink
+
+    mirror = bool(getattr(args, "mirror", False))
+    if mirror:  # `serve` started this console for one browser: it ends with serve, even a SIGKILLed one
+        import signal
+
+        from console.sandbox.procs import die_with_parent
+
+        # SIGKILL: textual's web driver takes SIGTERM as "quit", which hangs with nobody left to
+        # read the screen; this console holds nothing (no lock, writes no journal) to tidy up
+        die_with_parent(signal.SIGKILL)
+    link = (MirrorLink if mirror else JournalFollowLink)(cfg.journal_path)
     lp = lock_path_for(cfg.journal_path)
     driver = describe_holder(read_holder(lp)) if is_held(lp) else "nobody holds the lock"
     drift = _drift(cfg)
     if drift:
         err(drift)  # before the console takes the screen (and in its note)
-    if not sys.stdout.isatty():
+    if not sys.stdout.isatty() and not (mirror and os.environ.get("TEXTUAL_DRIVER")):
         err(f"watch needs a terminal; for a one-off view use `canary-console status` ({driver})")
         return ExitCode.USAGE
     from console.ui.run import run_console
     from console.ui.sources import specs_from_config
 
-    note = f"watching {cfg.journal_path} (read-only); driver: {driver}" + (f"; {drift}" if drift else "")
+    note = (f"browser mirror of {cfg.journal_path} (read-only)" if mirror else f"watching {cfg.journal_path} (read-only)")
+    note += f"; driver: {driver}" + (f"; {drift}" if drift else "")
     run_console(link, log_sources=specs_from_config(cfg), metrics_note=note,
                 log_max_lines=int(cfg["console"]["log_max_lines"]))
     return ExitCode.OK

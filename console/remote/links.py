@@ -4,6 +4,7 @@
 * ``InProcessLink`` wraps an Engine running in the same process (``deploy --foreground``, the demo);
 * ``ReplayLink`` serves a finished deployment from the journal (``replay``);
 * ``JournalFollowLink`` follows the journal as the driver's engine appends to it (``watch``).
+* ``MirrorLink``: the same, for the browser mirror (``serve`` -> ``watch --mirror``), role "observer".
 
 Importing this module does not import the engine (replay and watch start faster)."""
 
@@ -144,3 +145,12 @@ class JournalFollowLink(_Link):
 
     async def close(self) -> None:
         self._closed.set()
+
+
+class MirrorLink(JournalFollowLink):
+    """``watch --mirror``, the console ``serve`` runs for each browser: it follows the journal like
+    ``watch`` and refuses every intent, stop and take-over like it; the console binds no key that
+    would ask (console/ui/app.py, role "observer")."""
+
+    role = "observer"
+    refusal = "the browser mirror is read-only: nothing here moves traffic (drive with `canary-console attach`)"

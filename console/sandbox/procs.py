@@ -12,12 +12,12 @@ import time
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask the kernel for SIGTERM when the parent (the thread that forked) dies (Linux only),
-    so a SIGKILLed supervisor leaves no child behind.  Use as (part of) a ``preexec_fn``."""
+def die_with_parent(sig: int = signal.SIGTERM) -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask the kernel for ``sig`` (SIGTERM) when the parent (the thread that forked) dies (Linux
+    only), so a SIGKILLed supervisor leaves no child behind.  Use as (part of) a ``preexec_fn``."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
 def killpg(pgid: int, sig: int) -> None:
