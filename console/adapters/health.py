@@ -32,7 +32,7 @@ class HttpHealth:
         if r.status_code != 200 or status != "healthy":
             return HealthResult(False, r.status_code, f"GET {url}: HTTP {r.status_code}, status={status!r}",
                                 body if isinstance(body, dict) else None, ms)
-        ver = body.get("version", "?")
+        ver = body.get("version", "not reported")
         return HealthResult(True, 200, f"healthy (version {ver}, {ms:.0f} ms)", body, ms)
 
     async def aclose(self) -> None:

@@ -19,10 +19,11 @@ class LockHeld(Exception):
 
 
 def describe_holder(h: dict) -> str:
-    who = h.get("user", "?")
+    who = h.get("user", "an unknown user")
     if h.get("ssh_client"):
         who += f" (ssh from {h['ssh_client']})"
-    return f"{who} on {h.get('host', '?')}, pid {h.get('pid', '?')}, since {h.get('since', '?')} ({h.get('command', '?')})"
+    return (f"{who} on {h.get('host', 'an unknown host')}, pid {h.get('pid', 'unknown')}, "
+            f"since {h.get('since', 'an unknown time')} ({h.get('command', 'command unknown')})")
 
 
 def lock_path_for(journal: Path) -> Path:

@@ -188,7 +188,7 @@ def judge_split(tally: Tally | None, generation: str, target: float, policy: Spl
     last ``policy.window`` requests of ``generation``; threshold: the target weight; samples: the
     requests counted at this generation."""
     target = float(target)
-    gen = generation or "?"
+    gen = generation or "(unknown)"
     if tally is None or tally.requests == 0:
         detail = f"no request at generation {gen} in the access log yet"
         if unattributed:

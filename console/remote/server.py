@@ -95,7 +95,7 @@ class Client:
     tags: dict[str, Any] = field(default_factory=dict)
 
     def label(self) -> str:
-        who = self.operator.label() if self.operator else "?"
+        who = self.operator.label() if self.operator else "an unnamed operator"
         return f"{who} (console pid {self.pid})"
 
 
@@ -408,7 +408,7 @@ class EngineServer:
             return
         if it.operator != c.declared:
             self._refuse(c, it.action, "identity", f"intent names operator {it.operator.label()} but this console "
-                         f"is {c.declared.label() if c.declared else '?'}", req_id)
+                         f"is {c.declared.label() if c.declared else 'not declared'}", req_id)
             return
         self.engine.submit(Intent(it.action, c.operator or it.operator, it.reason, it.approvals, it.protocol))
         self._send(c, wire.ACK, id=req_id, action=it.action)
@@ -425,7 +425,7 @@ class EngineServer:
         if at_100:
             self.engine.stop()
         else:
-            self.engine.interrupt(f"stop by {op.label() if op else '?'}")
+            self.engine.interrupt(f"stop by {op.label() if op else 'an unnamed operator'}")
         self._send(c, wire.ACK, id=req_id, action="stop")
 
 
