@@ -28,6 +28,7 @@ from console.core.protocols import CheckContext
 from console.core.state import fold
 from console.sandbox.nginx_local import LocalNginx
 from tests.fixtures.backends import Backends
+from tests.fixtures.dynamic import LOAD_LUA, need_lua
 from tests.fixtures.nginx import UPSTREAM_NAME, NginxEnv, render_plain_conf, write_canary_toml
 from tests.fixtures.real import free_port, journal_summary, need_binary, wait_for
 from tests.test_engine import OP, gate, kinds, make
@@ -183,22 +184,26 @@ def mirror_conf(prefix: Path, port: int, upstream: Path) -> str:
     return conf.replace(old, f"{old}            {add}\n        }}\n\n        {location}\n        location /__never {{\n")
 
 
-@pytest.fixture
-def shadow_nginx(tmp_path: Path, backends: Backends):
-    need_binary("nginx")
+@pytest.fixture(params=["reload", "dynamic"])
+def shadow_nginx(request: pytest.FixtureRequest, tmp_path: Path, backends: Backends):
+    """nginx with the mirror location; ``(env, verify_listen, router_mode)`` with the router's
+    keyword arguments for the mode (dynamic: the Lua module loaded, the endpoint on a free port)."""
+    dynamic = request.param == "dynamic"
+    need_lua() if dynamic else need_binary("nginx")
     prefix = tmp_path / "nginx"
     (prefix / "conf.d").mkdir(parents=True)
     upstream = prefix / "conf.d" / "upstream.conf"
     listen = f"127.0.0.1:{free_port()}"
+    mode = {"mode": "dynamic", "dynamic_listen": f"127.0.0.1:{free_port()}"} if dynamic else {}
     upstream.write_text(render_upstream(UPSTREAM_NAME, backends.production.address, backends.canary.address, 0,
-                                        "initial", listen, shadow=False))
+                                        "initial", listen, shadow=False, dynamic_listen=mode.get("dynamic_listen", "")))
     port = free_port()
-    nginx = LocalNginx(prefix, port, upstream, upstream_name=UPSTREAM_NAME, conf_text=mirror_conf(prefix, port, upstream),
-                       die_with_parent=True)
+    conf = (LOAD_LUA if dynamic else "") + mirror_conf(prefix, port, upstream)
+    nginx = LocalNginx(prefix, port, upstream, upstream_name=UPSTREAM_NAME, conf_text=conf, die_with_parent=True)
     nginx.start()
     env = NginxEnv(nginx, backends, upstream, UPSTREAM_NAME, tmp_path)
     try:
-        yield env, listen
+        yield env, listen, mode
     finally:
         nginx.stop()
 
@@ -237,8 +242,9 @@ def test_nginx_t_passes_with_the_mirror_location(tmp_path):
 
 @pytest.mark.real
 def test_in_the_shadow_stage_production_answers_all_and_the_canary_gets_a_copy_of_each(shadow_nginx):
-    env, listen = shadow_nginx
-    router = env.router(verify_listen=listen, verify_url=f"http://{listen}/__canary/generation", shadow_stage=True)
+    env, listen, mode = shadow_nginx  # in both router modes: dynamic mode reloads for the mirror switch
+    router = env.router(verify_listen=listen, verify_url=f"http://{listen}/__canary/generation", shadow_stage=True,
+                        **mode)
     b = env.backends
 
     asyncio.run(router.apply(0, "shadow-1", shadow=True))
@@ -257,6 +263,8 @@ def test_in_the_shadow_stage_production_answers_all_and_the_canary_gets_a_copy_o
     assert who.count("canary") == 2 and b.canary.served == 2 and b.production.served == 198
 
     asyncio.run(router.apply(0, "rollback"))  # 0% without the mirror: nothing reaches the canary
+    # dynamic mode: the weight alone changed, so it went over the endpoint, with no reload
+    assert ("set" in router.last_timings) == bool(mode) and ("reload" in router.last_timings) != bool(mode)
     b.reset()
     assert send(env, 100) == ["production"] * 100 and b.canary.served == 0
 
