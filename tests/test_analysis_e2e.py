@@ -34,7 +34,7 @@ from tests.fixtures.nginx import start_nginx_env, write_canary_toml
 from tests.fixtures.prometheus import LocalPrometheus
 from tests.fixtures.real import gate_of, journal_summary, need_binary, port_listening, spawn_headless_deploy, stop_group
 
-pytestmark = pytest.mark.real
+pytestmark = [pytest.mark.real, pytest.mark.slow]  # minutes of real traffic: kept in CI
 
 RPS = 100.0
 MIX = {"fast": 1.0, "balanced": 1.0, "creative": 1.0}

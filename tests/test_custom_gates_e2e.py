@@ -275,6 +275,7 @@ def custom_only(run: Run) -> None:
         assert not names & BUILTIN and not any(n.startswith(("p95_latency", "seq.")) for n in names), names
 
 
+@pytest.mark.slow
 def test_a_healthy_canary_reaches_100_on_custom_gates(e2e_runs: Any) -> None:
     run = get(e2e_runs, "healthy")
     assert run.exit_code == 0, run.summary()

@@ -176,6 +176,7 @@ def kinds(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- headless rollouts
 
 
+@pytest.mark.slow
 def test_healthy_headless_demo_reaches_100_percent_and_leaves_nothing(real_stack: None) -> None:
     r = run_demo("--headless", "--json", "--observation-period", "4", *FAST)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -198,6 +199,7 @@ def test_healthy_headless_demo_reaches_100_percent_and_leaves_nothing(real_stack
     assert_nothing_left(info)
 
 
+@pytest.mark.slow
 def test_error_rate_fault_at_stage_5_rolls_back_at_5_percent(real_stack: None) -> None:
     r = run_demo("--headless", "--json", "--keep", "--observation-period", "10", "--fault", "error_rate=0.05",
                  "--fault-at-stage", "5", "--check-interval", "1", "--rps", "80")
@@ -264,6 +266,7 @@ def test_sigterm_while_the_sandbox_starts_stops_what_already_runs(real_stack: No
     assert_nothing_left(info)
 
 
+@pytest.mark.slow
 def test_sighup_without_prometheus_uses_the_scrape_source_and_stops_every_child(tmp_path: Path) -> None:
     need_binary("nginx")
     env = {**os.environ, "PATH": str(tmp_path)}  # no prometheus on PATH; nginx is found in /usr/sbin
@@ -487,6 +490,7 @@ def tmux(tmp_path: Path) -> Iterator[Tmux]:
             time.sleep(0.1)  # polling interval of a deadline loop
 
 
+@pytest.mark.slow
 def test_console_fault_menu_error_burst_rolls_back_on_screen(real_stack: None, tmux: Tmux, tmp_path: Path) -> None:
     tmux("new-session", "-d", "-x", "80", "-y", "24", "-s", "demo", CLI, "demo", "--observation-period", "30",
          "--check-interval", "1", "--rps", "40")

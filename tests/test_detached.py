@@ -444,6 +444,7 @@ def kill_point_reached(jp: Path, n_before: int, console: subprocess.Popen[Any], 
     return bool(mine) and router.current_weight() != (last_applied_weight(mine) or start_weight)
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_engine_at_20_random_points_resume_reconciles_to_the_journal(tmp_path, nginx_env, procs):
     rng = random.Random(8)
     cfg = make_cfg(tmp_path, nginx_env, observation_period=0.3, check_interval=0.1)

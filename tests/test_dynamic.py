@@ -171,6 +171,7 @@ def test_a_change_of_addresses_still_reloads_and_a_missing_endpoint_falls_back_t
 # --------------------------------------------------------------------------- under load
 
 
+@pytest.mark.slow
 def test_50_keep_alive_clients_across_ten_changes_and_a_rollback_lose_nothing_in_dynamic_mode(dynamic_env) -> None:
     env = dynamic_env
     weights = [1, 5, 10, 25, 50, 75, 50, 25, 10, 5, 0]  # ten changes, then the rollback

@@ -120,6 +120,7 @@ def test_deploy_without_the_verify_location_exits_4_and_changes_nothing(tmp_path
     assert env.upstream_file.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_reload_13s_late_at_the_5_stage_rolls_back_to_0_and_the_journal_says_0(tmp_path, nginx_env, late):
     state, script = late
     env = nginx_env

@@ -212,6 +212,7 @@ def get(e2e_runs: dict[tuple[str, str], Future[Run]], scenario: str, source: str
     return run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("scenario", ["healthy"])
 def test_a_healthy_canary_reaches_100(e2e_runs: Any, scenario: str, source: str) -> None:

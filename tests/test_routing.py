@@ -73,6 +73,7 @@ def router(env: NginxEnv, listen: str, mode: str = "reload", dynamic_listen: str
                       mode=mode, dynamic_listen=dynamic_listen)
 
 
+@pytest.mark.slow
 @pytest.mark.real
 def test_sticky_keys_stay_on_one_version_and_the_share_of_keys_follows_the_weight(nginx_env: NginxEnv) -> None:
     env = nginx_env

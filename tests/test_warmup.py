@@ -225,6 +225,7 @@ def generate_lines(log: Path, upstream: str) -> list[str]:
     return [ln for ln in text.splitlines() if "/api/generate" in ln and f"upstream={upstream}" in ln]
 
 
+@pytest.mark.slow
 @pytest.mark.real
 def test_the_warm_up_reaches_the_canary_only_and_the_gates_samples_leave_it_out(tmp_path: Path) -> None:
     """With a 30 s rate window that reaches back over the warm-up, every check of the 50% stage

@@ -173,6 +173,7 @@ def test_fractional_weights_print_as_written() -> None:
 # --------------------------------------------------------------------------- real nginx, counted requests
 
 
+@pytest.mark.slow
 @pytest.mark.real
 def test_at_0_1_percent_10000_requests_give_exactly_10_to_the_canary(nginx_env: NginxEnv) -> None:
     env = nginx_env
