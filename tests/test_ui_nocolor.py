@@ -29,7 +29,7 @@ async def test_with_no_color_verdicts_breaches_and_states_are_words(monkeypatch)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: "breach 2 of 3" in screen_text(app), what="failing gate")
         text = screen_text(app)
-        for word in ("● OBSERVING", "✗ FAIL error_rate", "✓ PASS", "? WAIT", "breach 2 of 3", "✗"):
+        for word in ("● OBSERVING", "✗ FAIL error_rate", "✓ PASS", "… WAIT", "breach 2 of 3", "✗"):
             assert word in text, word
         assert "0.71%✗" in text  # the sparkline row of a breached gate is marked, not just red
 

@@ -15,7 +15,7 @@ __all__ = ["VERDICT", "VERDICT_VAR", "fmt_value", "is_percent", "is_seconds", "s
 VERDICT = {
     PASS: ("✓", "PASS"),
     FAIL: ("✗", "FAIL"),
-    INCONCLUSIVE: ("?", "WAIT"),
+    INCONCLUSIVE: ("…", "WAIT"),  # a verdict not reached yet; "?" would read as an unknown value
     ERROR: ("!", "ERR"),
 }
 
