@@ -22,15 +22,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from console.core.journal import read_records
 from console.sandbox.traffic import BackgroundTraffic
-from tests.fixtures.demo_services import start_demo_service
-from tests.fixtures.nginx import start_nginx_env, write_canary_toml
+from tests.fixtures.demo_services import start_demo_stack
+from tests.fixtures.nginx import write_canary_toml
 from tests.fixtures.prometheus import LocalPrometheus
 from tests.fixtures.real import gate_of, journal_summary, need_binary, port_listening, spawn_headless_deploy, stop_group
 
@@ -76,16 +75,8 @@ def deploy(name: str, d: Path, prometheus_bin: str, canary_error_rate: float, ob
     d.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         try:
-            prod = start_demo_service(d / "logs", "production", "0.1.0", ["--error-rate", str(PRODUCTION_ERROR_RATE)])
-            stack.callback(prod.stop)
-            canary = start_demo_service(d / "logs", "canary", "0.2.0", ["--error-rate", str(canary_error_rate)])
-            stack.callback(canary.stop)
-            run.ports += [prod.port, canary.port]
-            backends = SimpleNamespace(production=SimpleNamespace(address=prod.address, url=prod.url),
-                                       canary=SimpleNamespace(address=canary.address, url=canary.url))
-            env = start_nginx_env(d, backends)  # type: ignore[arg-type]  # duck-typed Backends
-            stack.callback(env.nginx.stop)
-            run.ports.append(env.nginx.listen_port)
+            prod, canary, env = start_demo_stack(stack, d, run.ports, ["--error-rate", str(PRODUCTION_ERROR_RATE)],
+                                                 ["--error-rate", str(canary_error_rate)])
             prom = LocalPrometheus(prometheus_bin, d / "prometheus", [prod.address, canary.address])
             stack.callback(prom.stop)
             run.ports.append(prom.port)

@@ -24,14 +24,13 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from console.core.journal import read_records, tail_records
-from tests.fixtures.demo_services import REPO, start_demo_service
-from tests.fixtures.nginx import start_nginx_env, write_canary_toml
+from tests.fixtures.demo_services import REPO, start_demo_stack
+from tests.fixtures.nginx import write_canary_toml
 from tests.fixtures.prometheus import LocalPrometheus
 from tests.fixtures.real import gate_of, journal_summary, need_binary, port_listening, spawn_headless_deploy, stop_group
 
@@ -101,16 +100,7 @@ def run_scenario(name: str, source: str, d: Path, prometheus_bin: str) -> Run:
     d.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         try:
-            prod = start_demo_service(d / "logs", "production", "0.1.0")
-            stack.callback(prod.stop)
-            canary = start_demo_service(d / "logs", "canary", "0.2.0", list(sc.canary_args))
-            stack.callback(canary.stop)
-            run.ports += [prod.port, canary.port]
-            backends = SimpleNamespace(production=SimpleNamespace(address=prod.address, url=prod.url),
-                                       canary=SimpleNamespace(address=canary.address, url=canary.url))
-            nginx_env = start_nginx_env(d, backends)  # type: ignore[arg-type]  # duck-typed Backends
-            stack.callback(nginx_env.nginx.stop)
-            run.ports.append(nginx_env.nginx.listen_port)
+            prod, canary, nginx_env = start_demo_stack(stack, d, run.ports, canary_args=sc.canary_args)
             prom: LocalPrometheus | None = None
             metrics: dict[str, Any] = {"source": source, "rate_window": "10s", "min_requests": 5, "query_timeout": 2.0}
             extra: dict[str, Any] = {}

@@ -25,7 +25,6 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -35,8 +34,8 @@ from console.core import report
 from console.core.chart import Point, line_chart
 from console.core.journal import Journal, read_records, tail_records
 from console.sandbox.traffic import BackgroundTraffic
-from tests.fixtures.demo_services import REPO, start_demo_service
-from tests.fixtures.nginx import start_nginx_env, write_canary_toml
+from tests.fixtures.demo_services import REPO, start_demo_stack
+from tests.fixtures.nginx import write_canary_toml
 from tests.fixtures.real import journal_summary, need_binary, port_listening, spawn_headless_deploy, stop_group, wait_for
 from tests.test_notify import Receiver
 
@@ -148,16 +147,7 @@ def rolled_back_run(d: Path) -> Run:
     run = Run(d, d / "canary.toml", d / ".canary" / "journal.jsonl")
     with contextlib.ExitStack() as stack:
         try:
-            prod = start_demo_service(d / "logs", "production", "0.1.0")
-            stack.callback(prod.stop)
-            canary = start_demo_service(d / "logs", "canary", "0.2.0")
-            stack.callback(canary.stop)
-            run.ports += [prod.port, canary.port]
-            backends = SimpleNamespace(production=SimpleNamespace(address=prod.address, url=prod.url),
-                                       canary=SimpleNamespace(address=canary.address, url=canary.url))
-            env = start_nginx_env(d, backends)  # type: ignore[arg-type]  # duck-typed Backends
-            stack.callback(env.nginx.stop)
-            run.ports.append(env.nginx.listen_port)
+            prod, canary, env = start_demo_stack(stack, d, run.ports)
             receiver = Receiver()
             stack.callback(receiver.close)
             traffic = BackgroundTraffic(env.url, rps=RPS, mix={"fast": 1.0, "balanced": 1.0, "creative": 1.0}, seed=15)
