@@ -21,19 +21,17 @@ from console.core.config import load_config
 from console.core.manual import run_inline
 from console.core.protocols import RouterError
 from console.wiring import build_quick_router
-from tests.fixtures.nginx import INITIAL_GENERATION, NginxEnv, write_canary_toml
+from tests.fixtures.nginx import (
+    INITIAL_GENERATION,
+    NginxEnv,
+    fail_command,
+    late_reload_command,
+    touch_command,
+    write_canary_toml,
+)
 from tests.fixtures.real import free_port
 
 PY = sys.executable
-
-
-def _fail_command(message: str) -> list[str]:
-    """A stand-in `nginx -t` that fails the way nginx does: its text on stderr, exit 1."""
-    return [PY, "-c", f"import sys; sys.stderr.write({message!r} + '\\n'); sys.exit(1)"]
-
-
-def _touch_command(marker: Path) -> list[str]:
-    return [PY, "-c", f"open({str(marker)!r}, 'w').close()"]
 
 
 def test_run_inline_refuses_a_coroutine_that_waits_on_a_loop() -> None:
@@ -75,8 +73,8 @@ def test_nginx_t_refusal_puts_the_old_bytes_back_with_the_async_routers_message(
     run_inline(nginx_env.router(QuickRouter).apply(5, "before"))
     before = nginx_env.upstream_file.read_bytes()
     reloaded = nginx_env.dir / "reloaded"
-    bad = {"test_command": _fail_command("nginx: [emerg] unexpected end of file in upstream.conf:9"),
-           "reload_command": _touch_command(reloaded)}
+    bad = {"test_command": fail_command("nginx: [emerg] unexpected end of file in upstream.conf:9"),
+           "reload_command": touch_command(reloaded)}
 
     with pytest.raises(RouterError) as quick:
         run_inline(nginx_env.router(QuickRouter, **bad).apply(100, "after"))
@@ -97,7 +95,7 @@ def test_nginx_t_refusal_puts_the_old_bytes_back_with_the_async_routers_message(
 def test_a_failed_reload_puts_the_old_file_back(nginx_env: NginxEnv) -> None:
     run_inline(nginx_env.router(QuickRouter).apply(1, "one"))
     before = nginx_env.upstream_file.read_bytes()
-    router = nginx_env.router(QuickRouter, reload_command=_fail_command('nginx: [error] invalid PID number ""'))
+    router = nginx_env.router(QuickRouter, reload_command=fail_command('nginx: [error] invalid PID number ""'))
     with pytest.raises(RouterError) as err:
         run_inline(router.apply(0, "zero"))
     assert "invalid PID number" in err.value.detail and "put back as it was" in str(err.value)
@@ -107,15 +105,7 @@ def test_a_failed_reload_puts_the_old_file_back(nginx_env: NginxEnv) -> None:
 @pytest.mark.real
 def test_it_waits_for_a_reload_that_takes_effect_late(nginx_env: NginxEnv) -> None:
     delay = 0.4
-    late_reload = [
-        PY, "-c",
-        "import os, signal, sys, time\n"
-        "if os.fork() == 0:\n"
-        "    null = os.open(os.devnull, os.O_RDWR)\n"
-        "    for fd in (0, 1, 2):\n"
-        "        os.dup2(null, fd)\n"
-        f"    time.sleep({delay}); os.kill(int(open({str(nginx_env.nginx.pid_file)!r}).read()), signal.SIGHUP); os._exit(0)\n",
-    ]
+    late_reload = late_reload_command(nginx_env.nginx.pid_file, delay)
     router = nginx_env.router(QuickRouter, reload_command=late_reload)
     started = time.monotonic()
     run_inline(router.apply(100, "late"))

@@ -19,9 +19,12 @@ from tests.fixtures.backends import Backends
 from tests.fixtures.nginx import (
     INITIAL_GENERATION,
     NginxEnv,
+    fail_command,
     get_text,
+    late_reload_command,
     start_nginx_env,
     start_plain_nginx_env,
+    touch_command,
     write_canary_toml,
 )
 from tests.fixtures.real import children, free_port, need, need_binary, port_listening
@@ -29,15 +32,6 @@ from tests.fixtures.real import children, free_port, need, need_binary, port_lis
 pytestmark = pytest.mark.real
 
 PY = sys.executable
-
-
-def _fail_command(message: str) -> list[str]:
-    """A stand-in `nginx -t` that fails the way nginx does: its text on stderr, exit 1."""
-    return [PY, "-c", f"import sys; sys.stderr.write({message!r} + '\\n'); sys.exit(1)"]
-
-
-def _touch_command(marker: Path) -> list[str]:
-    return [PY, "-c", f"open({str(marker)!r}, 'w').close()"]
 
 
 @pytest.mark.parametrize("weight", [1, 5, 25])
@@ -100,8 +94,8 @@ async def test_failed_test_command_restores_file_exactly_and_does_not_reload(ngi
     before = nginx_env.upstream_file.read_bytes()
     reloaded = nginx_env.dir / "reloaded"
     router = nginx_env.router(
-        test_command=_fail_command("nginx: [emerg] unexpected end of file in upstream.conf:9"),
-        reload_command=_touch_command(reloaded),
+        test_command=fail_command("nginx: [emerg] unexpected end of file in upstream.conf:9"),
+        reload_command=touch_command(reloaded),
     )
 
     with pytest.raises(RouterError) as err:
@@ -123,7 +117,7 @@ async def test_failed_test_without_previous_file_removes_the_new_one(tmp_path: P
     reloaded = tmp_path / "reloaded"
     router = NginxRouter(
         upstream, "fragrance_app", "127.0.0.1:8000", "127.0.0.1:8001",
-        _fail_command("nginx: [emerg] no such upstream"), _touch_command(reloaded), "",
+        fail_command("nginx: [emerg] no such upstream"), touch_command(reloaded), "",
     )
 
     with pytest.raises(RouterError) as err:
@@ -139,7 +133,7 @@ async def test_failed_test_without_previous_file_removes_the_new_one(tmp_path: P
 async def test_failed_reload_puts_the_old_file_back(nginx_env: NginxEnv) -> None:
     await nginx_env.router().apply(1, "one")
     before = nginx_env.upstream_file.read_bytes()
-    router = nginx_env.router(reload_command=_fail_command('nginx: [error] invalid PID number "" in "/run/nginx.pid"'))
+    router = nginx_env.router(reload_command=fail_command('nginx: [error] invalid PID number "" in "/run/nginx.pid"'))
 
     with pytest.raises(RouterError) as err:
         await router.apply(0, "zero")
@@ -152,16 +146,7 @@ async def test_failed_reload_puts_the_old_file_back(nginx_env: NginxEnv) -> None
 async def test_apply_waits_until_nginx_serves_the_new_generation(nginx_env: NginxEnv) -> None:
     """A reload that only takes effect later: apply() must not return before nginx serves it."""
     delay = 0.4
-    pid_file = nginx_env.nginx.pid_file
-    late_reload = [
-        PY, "-c",
-        "import os, signal, sys, time\n"
-        "if os.fork() == 0:\n"
-        "    null = os.open(os.devnull, os.O_RDWR)\n"
-        "    for fd in (0, 1, 2):\n"
-        "        os.dup2(null, fd)  # let the command itself return at once\n"
-        f"    time.sleep({delay}); os.kill(int(open({str(pid_file)!r}).read()), signal.SIGHUP); os._exit(0)\n",
-    ]
+    late_reload = late_reload_command(nginx_env.nginx.pid_file, delay)
     router = nginx_env.router(reload_command=late_reload)
 
     started = time.monotonic()
@@ -229,7 +214,7 @@ def test_current_weight_of_missing_foreign_and_hand_written_files(tmp_path: Path
 @pytest.mark.parametrize("weight", [-1, 101, 5.0, True, "25", None])
 async def test_weight_must_be_an_int_0_to_100(tmp_path: Path, weight: object) -> None:
     f = tmp_path / "upstream.conf"
-    router = NginxRouter(f, "fragrance_app", "a:1", "b:2", _fail_command("must not run"), _fail_command("must not run"), "")
+    router = NginxRouter(f, "fragrance_app", "a:1", "b:2", fail_command("must not run"), fail_command("must not run"), "")
     with pytest.raises(ValueError, match="0..100"):
         await router.apply(weight, "g")  # type: ignore[arg-type]
     assert not f.exists()
@@ -630,8 +615,8 @@ async def test_preflight_failure_puts_the_file_back_and_reloads_it(tmp_path: Pat
 async def test_preflight_rejected_by_nginx_t_restores_without_reload(nginx_env: NginxEnv) -> None:
     before = nginx_env.upstream_file.read_bytes()
     reloaded = nginx_env.dir / "reloaded"
-    router = nginx_env.router(test_command=_fail_command("nginx: [emerg] unknown directive \"zone\""),
-                              reload_command=_touch_command(reloaded))
+    router = nginx_env.router(test_command=fail_command("nginx: [emerg] unknown directive \"zone\""),
+                              reload_command=touch_command(reloaded))
 
     with pytest.raises(PreflightFailed) as err:
         await router.preflight()
@@ -654,8 +639,8 @@ async def test_preflight_refuses_without_a_managed_file(tmp_path: Path, content:
     upstream = tmp_path / "upstream.conf"
     if content is not None:
         upstream.write_text(content)
-    router = NginxRouter(upstream, "fragrance_app", "a:1", "b:2", _fail_command("must not run"),
-                         _fail_command("must not run"), "http://127.0.0.1:9/__canary/generation")
+    router = NginxRouter(upstream, "fragrance_app", "a:1", "b:2", fail_command("must not run"),
+                         fail_command("must not run"), "http://127.0.0.1:9/__canary/generation")
 
     with pytest.raises(PreflightFailed, match=why) as err:
         await router.preflight()
@@ -666,8 +651,8 @@ async def test_preflight_refuses_without_a_managed_file(tmp_path: Path, content:
 
 async def test_preflight_without_a_file_writes_the_first_at_0_and_removes_it_when_nginx_refuses(tmp_path: Path) -> None:
     upstream = tmp_path / "upstream.conf"
-    router = NginxRouter(upstream, "fragrance_app", "a:1", "b:2", _fail_command("nginx: [emerg] refused"),
-                         _fail_command("must not run"), "http://127.0.0.1:9/__canary/generation")
+    router = NginxRouter(upstream, "fragrance_app", "a:1", "b:2", fail_command("nginx: [emerg] refused"),
+                         fail_command("must not run"), "http://127.0.0.1:9/__canary/generation")
 
     with pytest.raises(PreflightFailed, match="refused"):
         await router.preflight()
@@ -678,8 +663,8 @@ async def test_preflight_without_a_file_writes_the_first_at_0_and_removes_it_whe
 async def test_preflight_refuses_when_verification_is_off(tmp_path: Path) -> None:
     upstream = tmp_path / "upstream.conf"
     upstream.write_text(render_upstream("fragrance_app", "a:1", "b:2", 0, "g"))
-    router = NginxRouter(upstream, "fragrance_app", "a:1", "b:2", _fail_command("must not run"),
-                         _fail_command("must not run"), "")
+    router = NginxRouter(upstream, "fragrance_app", "a:1", "b:2", fail_command("must not run"),
+                         fail_command("must not run"), "")
 
     with pytest.raises(PreflightFailed, match="verify_url is empty") as err:
         await router.preflight()
