@@ -31,14 +31,13 @@ from typing import Any
 
 from console.core import events as ev
 from console.core.chart import Point, line_chart
-from console.core.eventfmt import format_event
+from console.core.eventfmt import WORD, format_event
 from console.core.journal import read_records
 from console.core.state import deployments, events_of, fold
 
 REPORTS_DIR = "reports"
 FORMATS = ("html", "md")
 SEQ_PREFIX = "seq."
-VERDICT_WORD = {ev.PASS: "PASS", ev.FAIL: "FAIL", ev.INCONCLUSIVE: "INCONCLUSIVE", ev.ERROR: "ERROR"}
 
 
 class ReportError(Exception):
@@ -197,7 +196,7 @@ def gate_line(r: ev.GateResult) -> str:
     """``error_rate FAIL: 0.052 against threshold 0.005 (window 5m, n=120)``."""
     n = "n unknown" if r.samples is None else f"n={r.samples}"
     window = f"window {r.window}" if r.window else "no window"
-    return (f"{r.gate} {VERDICT_WORD.get(r.verdict, r.verdict)}: {fmt_value(r.value)} against threshold "
+    return (f"{r.gate} {WORD.get(r.verdict, r.verdict)}: {fmt_value(r.value)} against threshold "
             f"{fmt_value(r.threshold)} ({window}, {n})")
 
 
@@ -221,7 +220,7 @@ def _check_row(e: ev.CheckCompleted, prev: dict[str, str], first: bool) -> str:
     if first:
         counts: dict[str, int] = {}
         for v in now.values():
-            counts[VERDICT_WORD.get(v, v)] = counts.get(VERDICT_WORD.get(v, v), 0) + 1
+            counts[WORD.get(v, v)] = counts.get(WORD.get(v, v), 0) + 1
         text = f"first check at {e.weight}%: {len(now)} gates, " + ", ".join(f"{n} {w}" for w, n in counts.items())
         bad = [r for r in e.results if r.verdict in (ev.FAIL, ev.ERROR)]
         if bad:
@@ -230,7 +229,7 @@ def _check_row(e: ev.CheckCompleted, prev: dict[str, str], first: bool) -> str:
         changed = [r for r in e.results if prev.get(r.gate) != r.verdict]
         if not changed and e.decision == "continue" and not e.breaches:
             return ""
-        parts = [f"{r.gate} {VERDICT_WORD.get(prev.get(r.gate, ''), 'new')} -> " + gate_line(r).split(" ", 1)[1]
+        parts = [f"{r.gate} {WORD.get(prev.get(r.gate, ''), 'new')} -> " + gate_line(r).split(" ", 1)[1]
                  for r in changed]
         text = f"check at {e.weight}% +{e.elapsed:.0f}s: " + ("; ".join(parts) if parts else "no verdict changed")
     if e.breaches:
@@ -424,7 +423,7 @@ def _decision_rows(d: Decision) -> list[tuple[str, str]]:
     if g is None:
         rows.append(("Deciding gate", "none: " + ("a manual rollback" if not d.automatic else "no gate named in the reason")))
         return rows
-    rows += [("Deciding gate", f"{g.gate} ({VERDICT_WORD.get(g.verdict, g.verdict)}{', critical' if g.critical else ''})"),
+    rows += [("Deciding gate", f"{g.gate} ({WORD.get(g.verdict, g.verdict)}{', critical' if g.critical else ''})"),
              ("Value", fmt_value(g.value)), ("Threshold", fmt_value(g.threshold)), ("Window", g.window or "none"),
              ("n (samples)", "unknown" if g.samples is None else str(g.samples))]
     if g.production_value is not None:
@@ -437,13 +436,13 @@ def _decision_rows(d: Decision) -> list[tuple[str, str]]:
 
 
 def _snapshot_rows(r: Report) -> list[list[str]]:
-    return [[g.gate, VERDICT_WORD.get(g.verdict, g.verdict), fmt_value(g.value), fmt_value(g.threshold), g.window or "-",
+    return [[g.gate, WORD.get(g.verdict, g.verdict), fmt_value(g.value), fmt_value(g.threshold), g.window or "-",
              "-" if g.samples is None else str(g.samples), g.detail] for g in r.snapshot]
 
 
 def _evalue_table(r: Report) -> list[list[str]]:
     return [[e.gate, e.when, fmt_seconds(e.at), fmt_value(e.e_value), fmt_value(e.threshold), fmt_value(e.bound),
-             VERDICT_WORD.get(e.verdict, e.verdict), e.counts or "-"] for e in r.evalues]
+             WORD.get(e.verdict, e.verdict), e.counts or "-"] for e in r.evalues]
 
 
 SNAPSHOT_HEAD = ["gate", "verdict", "value", "threshold", "window", "n", "detail"]
