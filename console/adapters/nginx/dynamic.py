@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from urllib.parse import quote
 
-from console.adapters.nginx.probe import RouterNotVerified, parse_http_url
+from console.adapters.nginx.probe import RouterNotVerified, http_request, http_response, parse_http_url
 from console.core.protocols import RouterError
 
 __all__ = [
@@ -198,16 +198,11 @@ async def _request(url: str, method: str, path: str, timeout: float) -> tuple[in
         why = "connection refused" if isinstance(e, ConnectionRefusedError) else f"cannot connect ({e or type(e).__name__})"
         raise EndpointUnreachable(f"{url}: {why}", detail=f"{type(e).__name__}: {e}") from None
     try:
-        writer.write(f"{method} {path} HTTP/1.1\r\nHost: {host_header}\r\nContent-Length: 0\r\n"
-                     "Connection: close\r\n\r\n".encode("latin-1"))
+        writer.write(http_request(path, host_header, method))
         raw = await asyncio.wait_for(reader.read(-1), timeout)
     finally:
         writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    status = head.split(b"\r\n", 1)[0].split()
-    if len(status) < 2 or not status[1].isdigit():
-        raise ValueError(f"not an HTTP response from {host}:{port}")
-    return int(status[1]), body.decode(errors="replace").strip()
+    return http_response(raw, host, port)
 
 
 def _parse(body: str) -> tuple[str, int, int] | None:

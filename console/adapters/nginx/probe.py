@@ -77,7 +77,7 @@ async def http_get(host: str, port: int, path: str, host_header: str, timeout: f
     async def go() -> tuple[int, str]:
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            writer.write(_request(path, host_header))
+            writer.write(http_request(path, host_header))
             raw = await reader.read(65536)
             while True:
                 more = await reader.read(65536)
@@ -86,16 +86,19 @@ async def http_get(host: str, port: int, path: str, host_header: str, timeout: f
                 raw += more
         finally:
             writer.close()
-        return _response(raw, host, port)
+        return http_response(raw, host, port)
 
     return await asyncio.wait_for(go(), timeout)
 
 
-def _request(path: str, host_header: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n\r\n".encode("latin-1")
+def http_request(path: str, host_header: str, method: str = "GET") -> bytes:
+    """One HTTP/1.1 request with no body, ``Connection: close`` (a PUT says its empty body)."""
+    length = "" if method == "GET" else "Content-Length: 0\r\n"
+    return f"{method} {path} HTTP/1.1\r\nHost: {host_header}\r\n{length}Connection: close\r\n\r\n".encode("latin-1")
 
 
-def _response(raw: bytes, host: str, port: int) -> tuple[int, str]:
+def http_response(raw: bytes, host: str, port: int) -> tuple[int, str]:
+    """(status, body stripped) of a whole response read until the server closed."""
     head, _, body = raw.partition(b"\r\n\r\n")
     status_line = head.split(b"\r\n", 1)[0].split()
     if len(status_line) < 2 or not status_line[1].isdigit():
@@ -208,7 +211,7 @@ def _burst_now(target: tuple[str, int, str, str], generation: str, per_try: floa
         family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except OSError as e:
         return [_failed(e, per_try)] * burst
-    request = _request(path, host_header)
+    request = http_request(path, host_header)
     sel = selectors.DefaultSelector()
     try:
         for k in range(burst):
@@ -256,7 +259,7 @@ def _step(s: socket.socket, events: int, chunks: list[bytes], request: bytes, ho
         if more:
             chunks.append(more)
             return None
-        status, body = _response(b"".join(chunks), host, port)
+        status, body = http_response(b"".join(chunks), host, port)
     except (OSError, ValueError) as e:
         return _failed(e, per_try)
     return _judged(status, body, generation)
