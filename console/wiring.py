@@ -14,11 +14,11 @@ from console.core import events as ev
 from console.core.clock import Clock, RealClock
 from console.core.config import Config
 from console.core.journal import Journal
-from console.core.protocols import Checker, ImageTagger, MetricSource, TrafficRouter, Warmer
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: `rollback` imports this module and need not build the Protocols
     from console.core.custom_gates import CustomGates
     from console.core.engine import Engine
+    from console.core.protocols import Checker, ImageTagger, MetricSource, TrafficRouter, Warmer
 
 
 def build_router(cfg: Config) -> TrafficRouter:

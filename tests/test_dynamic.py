@@ -260,7 +260,7 @@ def test_preflight_on_an_nginx_without_the_lua_module_exits_4_in_one_line_and_ch
 
 
 def test_a_fleet_in_dynamic_mode_moves_every_host_without_a_reload_and_puts_every_host_back(tmp_path):
-    from console.core.protocols import RouterError
+    from console.core.routing import RouterError
     from tests.fixtures.netns import start_fleet
 
     with start_fleet(tmp_path, 3, dynamic=True) as fleet:

@@ -12,7 +12,7 @@ from console.core.engine import Engine, Settings
 from console.core.events import ERROR, FAIL, INCONCLUSIVE, PASS, GateResult, Intent, Operator
 from console.core.fakes import FakeHealth, FakeRouter, ScriptedChecker
 from console.core.journal import Journal, read_records
-from console.core.protocols import RouterError
+from console.core.routing import RouterError
 from console.core.state import last_applied_weight, router_truth
 
 OP = Operator("alice", "10.0.0.7")

@@ -27,7 +27,7 @@ from console.core import events as ev
 from console.core.config import ConfigError, load_config
 from console.core.exits import ExitCode
 from console.core.journal import Journal, read_records
-from console.core.protocols import RouterError
+from console.core.routing import RouterError
 from console.core.state import fold
 from console.wiring import build_router
 from tests.fixtures.netns import Fleet, netns_left, start_fleet

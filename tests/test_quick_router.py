@@ -19,7 +19,7 @@ from console.adapters.nginx import NginxRouter, RouterNotVerified
 from console.adapters.nginx.quick import QuickRouter
 from console.core.config import load_config
 from console.core.manual import run_inline
-from console.core.protocols import RouterError
+from console.core.routing import RouterError
 from console.wiring import build_quick_router
 from tests.fixtures.nginx import (
     INITIAL_GENERATION,

@@ -13,7 +13,7 @@ import pytest
 from console.adapters.nginx import NginxRouter, PreflightFailed, RouterNotVerified, render_upstream, weight_of
 from console.adapters.nginx.render import GENERATION_LOCATION, listen_url
 from console.core.config import ConfigError, load_config
-from console.core.protocols import RouterError
+from console.core.routing import RouterError
 from console.sandbox.nginx_local import LocalNginx
 from tests.fixtures.backends import Backends
 from tests.fixtures.nginx import (

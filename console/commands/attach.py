@@ -107,7 +107,7 @@ def _offer(cfg: Any, dep: DeploymentState, records: list[dict[str, Any]]) -> int
 
         return deploy.resume(cfg, dep.version)
     if answer in ("b", "rollback", "roll back"):
-        from console.core.protocols import RouterError
+        from console.core.routing import RouterError
 
         try:
             res = break_glass_rollback(cfg, "engine lost; rolled back from `canary-console attach`")

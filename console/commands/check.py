@@ -308,7 +308,7 @@ PREFLIGHT = "nginx confirms"
 async def check_preflight(cfg: Config) -> CheckRow:
     """The router's preflight: the same weights under a fresh generation, reloaded, and seen
     served through verify_url (traffic does not move; on failure the file is put back)."""
-    from console.core.protocols import RouterError
+    from console.core.routing import RouterError
     from console.wiring import build_router
 
     router = build_router(cfg)

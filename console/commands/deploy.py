@@ -19,7 +19,7 @@ from console.core.exits import ExitCode
 from console.core.journal import Journal, read_records
 from console.core.lock import DriverLock, LockHeld, lock_path_for
 from console.core.manual import router_change
-from console.core.protocols import RouterError
+from console.core.routing import RouterError
 from console.core.state import events_of, fold, last_applied_weight, unfinished
 
 

@@ -38,7 +38,7 @@ from console.core import manual
 from console.core.exits import ExitCode
 from console.core.journal import Journal
 from console.core.lock import DriverLock, LockHeld, lock_path_for
-from console.core.protocols import RouterError
+from console.core.routing import RouterError
 
 DUMP_TIMEOUT = 15.0
 

@@ -20,7 +20,7 @@ from console.core.config import normalize_weight
 from console.core.exits import ExitCode
 from console.core.journal import read_records
 from console.core.lock import DriverLock, LockHeld, lock_path_for
-from console.core.protocols import RouterError
+from console.core.routing import RouterError
 from console.core.state import NO_CHANGE, UNCONFIRMED, RouterTruth, router_truth
 from console.wiring import build_quick_router, build_router
 

@@ -22,18 +22,8 @@ from console.core.clock import Clock, RealClock
 from console.core.events import ERROR, FAIL, PASS, SHADOW_INDEX, GateResult, Intent, Operator
 from console.core.exits import ExitCode
 from console.core.journal import Journal
-from console.core.protocols import (
-    CheckContext,
-    Checker,
-    HealthProbe,
-    HealthResult,
-    RouterError,
-    TrafficRouter,
-    Warmer,
-    WarmupResult,
-    file_weight,
-    router_hosts,
-)
+from console.core.protocols import CheckContext, Checker, HealthProbe, HealthResult, TrafficRouter, Warmer, WarmupResult
+from console.core.routing import RouterError, file_weight, router_hosts
 from console.core.state import DeploymentState, apply
 
 ROLLBACK_ATTEMPTS = 3

@@ -11,15 +11,8 @@ from typing import Any
 
 from console.core import events as ev
 from console.core.events import PASS, GateResult
-from console.core.protocols import (
-    CheckContext,
-    CounterSnapshot,
-    HealthResult,
-    LinkStatus,
-    RouterError,
-    WarmupResult,
-    WindowStats,
-)
+from console.core.protocols import CheckContext, CounterSnapshot, HealthResult, LinkStatus, WarmupResult, WindowStats
+from console.core.routing import RouterError
 
 
 class FakeRouter:

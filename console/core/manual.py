@@ -14,13 +14,16 @@ import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from console.core import events as ev
 from console.core.journal import Journal, read_records
 from console.core.lock import DriverLock, LockHeld, describe_holder, lock_path_for
-from console.core.protocols import RouterError, TrafficRouter, file_weight, router_hosts
+from console.core.routing import RouterError, file_weight, router_hosts
 from console.core.state import DeploymentState, deployments, unfinished
+
+if TYPE_CHECKING:  # for annotations only: `rollback` need not build every Protocol
+    from console.core.protocols import TrafficRouter
 
 T = TypeVar("T")
 

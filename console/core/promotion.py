@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from console.core import events as ev
 from console.core.exits import ExitCode
-from console.core.protocols import DockerUnavailable, ImageTagger, RouterError, TrafficRouter, file_weight
+from console.core.protocols import DockerUnavailable, ImageTagger, TrafficRouter
+from console.core.routing import RouterError, file_weight
 from console.core.state import AT_100, PROMOTED, DeploymentState, deployments, last_applied_weight
 
 if TYPE_CHECKING:

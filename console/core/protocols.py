@@ -9,18 +9,6 @@ from typing import Any, Protocol
 from console.core.events import GateResult
 
 
-class RouterError(Exception):
-    """A router change failed.  ``detail`` is the tool's own text (nginx -t output);
-    ``restored_weight`` is what the file was put back to, if anything."""
-
-    reloaded = False  # True when nginx was reloaded with the new file but did not confirm it
-
-    def __init__(self, message: str, detail: str = "", restored_weight: float | None = None) -> None:
-        super().__init__(message)
-        self.detail = detail
-        self.restored_weight = restored_weight
-
-
 class DockerUnavailable(Exception):
     """One line: what failed and where.  ``required`` says whether the config makes it fatal."""
 
@@ -58,21 +46,6 @@ class TrafficRouter(Protocol):
 
     async def served_generation(self, timeout: float = 2.0) -> tuple[str | None, str]:
         """The generation the proxy answers now, or (None, what came back instead)."""
-
-
-def file_weight(router: TrafficRouter) -> float | None:
-    """What the router's file holds now, or None when it cannot be read: on the way to a safe
-    state an unreadable file is reported as unknown, never raised again."""
-    try:
-        return router.current_weight()
-    except Exception:
-        return None
-
-
-def router_hosts(router: TrafficRouter) -> tuple[dict, ...]:
-    """A fleet's per-host outcomes of its last change (one nginx: none)."""
-    last = getattr(router, "last_hosts", None)  # optional: only a FleetRouter has hosts
-    return tuple(last()) if callable(last) else ()
 
 
 @dataclass(frozen=True)

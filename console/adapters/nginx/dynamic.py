@@ -29,7 +29,7 @@ import time
 from urllib.parse import quote
 
 from console.adapters.nginx.probe import RouterNotVerified, http_request, http_response, parse_http_url
-from console.core.protocols import RouterError
+from console.core.routing import RouterError
 
 __all__ = [
     "DYNAMIC_PATH",

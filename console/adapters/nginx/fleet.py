@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from console.adapters.nginx.render import check_generation, check_weight
 from console.adapters.nginx.router import NginxRouter, PreflightFailed, Staged
-from console.core.protocols import RouterError
+from console.core.routing import RouterError
 
 if TYPE_CHECKING:
     from console.core.config import Config

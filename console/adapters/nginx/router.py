@@ -65,7 +65,7 @@ from console.adapters.nginx.render import (
     shadow_of,
     weight_of,
 )
-from console.core.protocols import RouterError
+from console.core.routing import RouterError
 
 if TYPE_CHECKING:
     from console.core.config import Config
