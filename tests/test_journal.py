@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
+
 from console.core import events as ev
 from console.core.journal import Journal, read_records
 from console.core.state import deployments, last_applied_weight, unfinished
@@ -32,3 +36,31 @@ def test_records_round_trip_through_the_fold(tmp_path):
     assert d.driver == "bob" and d.stages == (1, 100) and d.results[0].value is None  # NaN is stored as null
     assert unfinished(read_records(p), "v1.0.0").deployment_id == "d1"
     assert unfinished(read_records(p), "v9.9.9") is None
+
+
+def test_every_event_is_frozen_keyword_only_and_equal_by_value(tmp_path):
+    """Events are Event's own methods, not generated ones (core/events.py ``_event``): what the
+    journal wrote cannot change under it, and a record read back is the event written."""
+    kinds = [cls for cls in ev._EVENT_TYPES.values() if cls is not ev.Event]
+    assert len(kinds) >= 19
+    p = tmp_path / "j.jsonl"
+    written = [cls(deployment_id="d1", version="v1.0.0", ts="2026-12-03T00:00:00.000Z") for cls in kinds]
+    with Journal(p) as j:
+        j.append(*written)
+    read = [ev.event_from_record(r) for r in read_records(p)]
+    assert read == written and [type(e) for e in read] == kinds
+    e = ev.RouterApplied(weight=5, generation="g", deployment_id="d1", ts="t")
+    assert e == dataclasses.replace(e) and e != dataclasses.replace(e, weight=25) and e != ev.RouterIntent(weight=5, ts="t")
+    assert hash(ev.Paused(index=1, ts="t")) == hash(ev.Paused(index=1, ts="t"))
+    assert repr(ev.Holding(index=2, weight=5, reason="r", ts="t")) == (
+        "Holding(ts='t', deployment_id='', version='', dry_run=False, index=2, weight=5, reason='r')")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        e.weight = 0  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del e.generation
+    with pytest.raises(TypeError, match="unexpected keyword argument 'wieght'"):
+        ev.RouterApplied(wieght=5)
+    with pytest.raises(TypeError):
+        ev.RouterApplied(5)  # keyword-only
+    assert ev.CheckCompleted().breaches is not ev.CheckCompleted().breaches  # a fresh default each
+    assert ev.Note().ts != "" and dataclasses.asdict(ev.Note(message="m", ts="t"))["message"] == "m"
