@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
 
 import pytest
 
 from console.core import events as ev
 from console.core.journal import Journal, read_records
 from console.core.state import deployments, last_applied_weight, unfinished
+from tests.fixtures.journal import long_journal
 
 
 def test_torn_last_line_does_not_hide_the_rest(tmp_path):
@@ -64,3 +68,54 @@ def test_every_event_is_frozen_keyword_only_and_equal_by_value(tmp_path):
         ev.RouterApplied(5)  # keyword-only
     assert ev.CheckCompleted().breaches is not ev.CheckCompleted().breaches  # a fresh default each
     assert ev.Note().ts != "" and dataclasses.asdict(ev.Note(message="m", ts="t"))["message"] == "m"
+
+
+def test_the_fold_checkpoint_gives_the_whole_journals_answer_and_only_reads_past_it(tmp_path):
+    from console.core import checkpoint
+
+    p = tmp_path / "journal.jsonl"
+    long_journal(p, 7, 20)
+    assert checkpoint.deployments_in(p, refresh=10**9) == deployments(read_records(p))
+    assert not checkpoint.path_for(p).exists()  # a short tail writes none
+    first = checkpoint.deployments_in(p, refresh=100)
+    assert first == deployments(read_records(p)) and checkpoint.path_for(p).exists()
+    long_journal(p, 2, 5, start=7)  # two more deployments after the checkpoint
+    with Journal(p) as j:  # and one from before it goes on (resumed)
+        j.append(ev.DeploymentStarted(resumed=True, stages=(1, 5, 25, 100), deployment_id="d2", version="v1.2.0"),
+                 ev.StageStarted(index=2, weight=25, total=4, deployment_id="d2", version="v1.2.0"))
+    whole = deployments(read_records(p))
+    assert checkpoint.deployments_in(p) == whole and list(checkpoint.deployments_in(p)) == list(whole)
+    assert whole["d2"].index == 2 and whole["d2"].state == "observing"
+    # the records before the checkpoint are not read again: spoil them, the answer stays
+    with open(p, "r+b") as f:
+        f.write(b"X" * 200)
+    assert checkpoint.deployments_in(p) == whole != deployments(read_records(p))
+    # and so it is in the next process (a rollback is one): d0's start is only in the checkpoint now
+    code = "import sys; from console.core.checkpoint import deployments_in; print(deployments_in(sys.argv[1])['d0'].stages)"
+    out = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "(1, 5, 25, 100)" != str(deployments(read_records(p))["d0"].stages), out.stderr
+
+
+def test_a_checkpoint_that_no_longer_describes_the_journal_is_not_used(tmp_path):
+    from console.core import checkpoint
+
+    p = tmp_path / "journal.jsonl"
+    long_journal(p, 6, 20)
+    checkpoint.deployments_in(p, refresh=1)
+    saved, journal = checkpoint.path_for(p).read_bytes(), p.read_bytes()
+
+    def fresh(write_journal) -> None:
+        p.unlink()
+        write_journal()
+        checkpoint.path_for(p).write_bytes(saved)
+        assert checkpoint.deployments_in(p, refresh=10**9) == deployments(read_records(p))
+
+    fresh(lambda: long_journal(p, 8, 20, start=10))  # another journal, longer than the checkpoint's offset
+    fresh(lambda: long_journal(p, 1, 2, start=20))  # a journal cut shorter
+    other_fold = json.loads(saved)
+    other_fold["fold"] += 1  # written by another version's fold: its states may differ
+    other_fold["deployments"][0]["state"] = "bogus"
+    for spoiled in (b"{", b"[]", b'{"offset": "x"}', json.dumps(other_fold).encode()):
+        p.write_bytes(journal)  # the very journal it was written for
+        checkpoint.path_for(p).write_bytes(spoiled)
+        assert checkpoint.deployments_in(p, refresh=10**9) == deployments(read_records(p))

@@ -195,3 +195,26 @@ def test_help_and_other_commands_take_the_whole_parser(argv: list[str]) -> None:
     from console.commands.cli import fast_command
 
     assert fast_command(argv) is None
+
+
+def test_a_rollback_on_a_long_journal_is_journaled_under_the_open_deployment(tmp_path: Path, nginx_env: NginxEnv) -> None:
+    """A year of deployments in the journal: the first rollback folds it all and leaves a
+    checkpoint; the next folds only what came after it, and both find the open deployment."""
+    from console.core import checkpoint
+    from tests.fixtures.journal import long_journal
+
+    toml = write_canary_toml(tmp_path / "canary.toml", nginx_env)
+    jp = load_config(toml, environ={}).journal_path
+    long_journal(jp, 30, 12)
+    for n, dep in enumerate(("d30", "d31")):
+        long_journal(jp, 1, 3, start=30 + n, open_last=True)
+        run_inline(nginx_env.router(QuickRouter).apply(5, f"at-5-{n}"))
+        r = subprocess.run([PY, "-m", "console", "--config", str(toml), "rollback", "--reason", f"by hand {n}"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("rolled back: canary 0% / production 100%, nginx serves it"), r.stdout
+        last = [json.loads(line) for line in jp.read_text().splitlines()][-1]
+        assert (last["event"], last["deployment_id"], last["reason"]) == ("rolled_back", dep, f"by hand {n}")
+        assert checkpoint.path_for(jp).exists()  # written by the first fold
+    split = nginx_env.send(100, fresh=True)
+    assert (split.production, split.canary) == (100, 0), split

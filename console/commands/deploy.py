@@ -14,13 +14,14 @@ import sys
 from typing import Any
 
 from console.commands.term import confirm, err, event_printer, report_router_error
+from console.core.checkpoint import deployments_in
 from console.core.config import VERSION_ALLOWED, VERSION_RE
 from console.core.exits import ExitCode
 from console.core.journal import Journal, read_records
 from console.core.lock import DriverLock, LockHeld, lock_path_for
 from console.core.manual import router_change
 from console.core.routing import RouterError
-from console.core.state import events_of, fold, last_applied_weight, unfinished
+from console.core.state import events_of, fold, last_applied_weight, unfinished_of
 
 
 def run(args: argparse.Namespace, cfg: Any) -> int:
@@ -78,8 +79,7 @@ def _engine_answers(cfg: Any) -> bool:
 def _deploy_locked(args: argparse.Namespace, cfg: Any, version: str, start_index: int, lk: Any) -> int:
     from console.wiring import build_engine, build_router
 
-    records = list(read_records(cfg.journal_path))
-    open_dep = unfinished(records, version)
+    open_dep = unfinished_of(deployments_in(cfg.journal_path), version)  # refreshes the journal's fold checkpoint
     resumed, deployment_id = False, None
     router = build_router(cfg)
     journal = Journal(cfg.journal_path)
@@ -96,6 +96,7 @@ def _deploy_locked(args: argparse.Namespace, cfg: Any, version: str, start_index
             if open_dep is None:
                 err(f"nothing to resume: no unfinished deployment of {version} in {cfg.journal_path}")
                 return ExitCode.PRECONDITION
+            records = list(read_records(cfg.journal_path))
             dep_events = events_of(records, open_dep.deployment_id)
             st = fold(dep_events)
             _say_engine_lost(st)
@@ -140,7 +141,7 @@ def _deploy_locked(args: argparse.Namespace, cfg: Any, version: str, start_index
             deployment_id=deployment_id, resumed=resumed, stay_at_100=use_console,
         )
         if use_console:
-            return _run_console(engine, cfg, version, records)
+            return _run_console(engine, cfg, version)
         return _run_headless(engine, json_lines=args.json)
     finally:
         journal.close()
@@ -235,7 +236,7 @@ def _run_headless(engine: Any, json_lines: bool) -> int:
     return code
 
 
-def _run_console(engine: Any, cfg: Any, version: str, records: list[dict[str, Any]]) -> int:
+def _run_console(engine: Any, cfg: Any, version: str) -> int:
     try:
         from console.ui.run import run_console_with_engine
     except ImportError:

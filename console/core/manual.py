@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from console.core import events as ev
-from console.core.journal import Journal, read_records
+from console.core.checkpoint import deployments_in
+from console.core.journal import Journal
 from console.core.lock import DriverLock, LockHeld, describe_holder, lock_path_for
 from console.core.routing import RouterError, file_weight, router_hosts
-from console.core.state import DeploymentState, deployments, unfinished
+from console.core.state import DeploymentState, unfinished_of
 
 if TYPE_CHECKING:  # for annotations only: `rollback` need not build every Protocol
     from console.core.protocols import TrafficRouter
@@ -88,13 +89,14 @@ class ManualResult:
     took_s: float
 
 
-def target(records: list[dict], *, or_last: bool = False) -> DeploymentState:
+def target(journal_path: Path, *, or_last: bool = False) -> DeploymentState:
     """The deployment a manual change is journaled under: the unfinished one; with ``or_last``
-    the latest one; else "manual"."""
-    dep = unfinished(records)
+    the latest one; else "manual".  Folded from the checkpoint (``checkpoint.deployments_in``):
+    a long journal does not delay a rollback."""
+    deps = deployments_in(journal_path)
+    dep = unfinished_of(deps)
     if dep is None and or_last:
-        deps = list(deployments(records).values())
-        dep = deps[-1] if deps else None
+        dep = list(deps.values())[-1] if deps else None
     return dep or DeploymentState(deployment_id="manual")
 
 
@@ -102,7 +104,7 @@ def set_weight(journal_path: Path, router: TrafficRouter, weight: float, operato
                inline: bool = False) -> ManualResult:
     """`canary-console weights N`; the caller holds the driver lock.  ``inline``: the router's
     ``apply`` never waits on an event loop (``run_inline``)."""
-    dep = target(list(read_records(journal_path)))
+    dep = target(journal_path)
     common = {"deployment_id": dep.deployment_id, "version": dep.version}
     before = router.current_weight()
     action = ev.OperatorAction(action="weights", operator=operator, detail=f"{weight}%", **common)
@@ -117,7 +119,7 @@ def rollback(journal_path: Path, router: TrafficRouter, reason: str, operator: e
     """Canary 0% through the router, journaled with the operator's action and, for a deployment,
     its RolledBack.  The caller holds the driver lock (or was forced to go without).
     ``inline``: the router's ``apply`` never waits on an event loop (``run_inline``)."""
-    dep = target(list(read_records(journal_path)), or_last=or_last)
+    dep = target(journal_path, or_last=or_last)
     common = {"deployment_id": dep.deployment_id, "version": dep.version}
     before = router.current_weight()
     action = ev.OperatorAction(action="rollback", operator=operator, detail=reason, **common)

@@ -86,12 +86,16 @@ class DeploymentState:
 
 
 def apply(s: DeploymentState, e: ev.Event) -> DeploymentState:
-    """Fold one event into the state."""
-    s = replace(s, last_ts=e.ts, deployment_id=e.deployment_id or s.deployment_id, version=e.version or s.version)
+    """Fold one event into the state (one ``replace``: a long journal folds at every `rollback`)."""
+    return replace(s, last_ts=e.ts, deployment_id=e.deployment_id or s.deployment_id, version=e.version or s.version,
+                   **_changes(s, e))
+
+
+def _changes(s: DeploymentState, e: ev.Event) -> dict[str, Any]:
+    """What ``e`` changes in ``s``, field by field."""
     if isinstance(e, ev.DeploymentStarted):
         op = e.operator.label() if e.operator else ""
-        return replace(
-            s,
+        return dict(
             state=OBSERVING if e.resumed and s.index >= 0 else STARTING,
             stages=tuple(e.stages),
             observation_period=e.observation_period,
@@ -105,18 +109,17 @@ def apply(s: DeploymentState, e: ev.Event) -> DeploymentState:
         )
     if isinstance(e, ev.RouterIntent):
         if e.reason.startswith("rollback"):
-            return replace(s, pending_weight=e.weight, state=ROLLING_BACK, reason=e.reason.removeprefix("rollback: "))
-        return replace(s, pending_weight=e.weight)
+            return dict(pending_weight=e.weight, state=ROLLING_BACK, reason=e.reason.removeprefix("rollback: "))
+        return dict(pending_weight=e.weight)
     if isinstance(e, ev.RouterApplied):
-        return replace(s, weight=e.weight, pending_weight=None, hosts=_hosts_applied(s.hosts, e))
+        return dict(weight=e.weight, pending_weight=None, hosts=_hosts_applied(s.hosts, e))
     if isinstance(e, ev.RouterFailed):
         # unconfirmed: the file holds the new weight and nginx may serve it, so it stays pending
         pending = e.file_weight if e.outcome == "unconfirmed" and e.file_weight != s.weight else None
-        return replace(s, pending_weight=pending, weight=e.restored_weight if e.restored_weight is not None else s.weight,
-                       hosts=tuple(e.hosts) or s.hosts)
+        return dict(pending_weight=pending, weight=e.restored_weight if e.restored_weight is not None else s.weight,
+                    hosts=tuple(e.hosts) or s.hosts)
     if isinstance(e, ev.StageStarted):
-        return replace(
-            s,
+        return dict(
             state=OBSERVING,
             index=e.index,
             shadow=e.shadow,
@@ -133,8 +136,7 @@ def apply(s: DeploymentState, e: ev.Event) -> DeploymentState:
             st = HOLDING
         elif st == HOLDING and e.decision == "continue":
             st = OBSERVING
-        return replace(
-            s,
+        return dict(
             state=st,
             elapsed=e.elapsed,
             remaining=e.remaining,
@@ -143,36 +145,36 @@ def apply(s: DeploymentState, e: ev.Event) -> DeploymentState:
             consecutive_failures=e.consecutive_failures,
         )
     if isinstance(e, ev.StageExtended):
-        return replace(s, reason=e.reason, remaining=max(0.0, e.until - s.elapsed))
+        return dict(reason=e.reason, remaining=max(0.0, e.until - s.elapsed))
     if isinstance(e, ev.StagePassed):
-        return replace(s, passed=tuple(sorted(set(s.passed) | {e.index})))
+        return dict(passed=tuple(sorted(set(s.passed) | {e.index})))
     if isinstance(e, ev.Holding):
-        return replace(s, state=HOLDING, reason=e.reason)
+        return dict(state=HOLDING, reason=e.reason)
     if isinstance(e, ev.Paused):
-        return replace(s, state=PAUSED, remaining=e.remaining)
+        return dict(state=PAUSED, remaining=e.remaining)
     if isinstance(e, ev.Resumed):
-        return replace(s, state=OBSERVING, remaining=e.remaining, reason="")
+        return dict(state=OBSERVING, remaining=e.remaining, reason="")
     if isinstance(e, ev.OperatorAction):
         if e.action == "take_over" and e.accepted and e.operator:
-            return replace(s, driver=e.operator.label())
-        return s
+            return dict(driver=e.operator.label())
+        return {}
     if isinstance(e, ev.RollbackStarted):
-        return replace(s, state=ROLLING_BACK, reason=e.reason, automatic=e.automatic, failed_index=e.index)
+        return dict(state=ROLLING_BACK, reason=e.reason, automatic=e.automatic, failed_index=e.index)
     if isinstance(e, ev.RolledBack):
-        return replace(
-            s, state=ROLLED_BACK, reason=e.reason, automatic=e.automatic, failed_index=e.index, ended=e.ts,
+        return dict(
+            state=ROLLED_BACK, reason=e.reason, automatic=e.automatic, failed_index=e.index, ended=e.ts,
             results=e.snapshot or s.results,
         )
     if isinstance(e, ev.Completed):
-        return replace(s, state=AT_100, index=e.index, completed_at=s.completed_at or e.ts,
-                       passed=tuple(sorted(set(s.passed) | {e.index})))
+        return dict(state=AT_100, index=e.index, completed_at=s.completed_at or e.ts,
+                    passed=tuple(sorted(set(s.passed) | {e.index})))
     if isinstance(e, ev.Promoted):
-        return replace(s, state=PROMOTED, ended=e.ts, approvals=e.approvals, reason=e.reason)
+        return dict(state=PROMOTED, ended=e.ts, approvals=e.approvals, reason=e.reason)
     if isinstance(e, ev.Interrupted):
-        return replace(s, state=INTERRUPTED, reason=f"interrupted at stage {e.weight}% ({e.signal})")
+        return dict(state=INTERRUPTED, reason=f"interrupted at stage {e.weight}% ({e.signal})")
     if isinstance(e, ev.Failed):
-        return replace(s, state=FAILED, reason=e.reason, ended=e.ts)
-    return s
+        return dict(state=FAILED, reason=e.reason, ended=e.ts)
+    return {}
 
 
 def _hosts_applied(hosts: tuple[dict[str, Any], ...], e: ev.RouterApplied) -> tuple[dict[str, Any], ...]:
@@ -216,9 +218,11 @@ def fold(events: Iterable[ev.Event], initial: DeploymentState | None = None) -> 
     return s
 
 
-def deployments(records: Iterable[dict[str, Any]]) -> dict[str, DeploymentState]:
-    """Every deployment in a journal, in order of first appearance, folded."""
-    out: dict[str, DeploymentState] = {}
+def deployments(records: Iterable[dict[str, Any]], initial: dict[str, DeploymentState] | None = None,
+                ) -> dict[str, DeploymentState]:
+    """Every deployment in a journal, in order of first appearance, folded; ``initial`` (updated
+    in place): the deployments folded from the records before these (``checkpoint``)."""
+    out: dict[str, DeploymentState] = {} if initial is None else initial
     for rec in records:
         e = ev.event_from_record(rec)
         if e is None or not e.deployment_id:
@@ -292,8 +296,13 @@ def router_truth(records: Iterable[dict[str, Any]]) -> RouterTruth:
 def unfinished(records: Iterable[dict[str, Any]], version: str | None = None) -> DeploymentState | None:
     """The latest deployment (of ``version``) that neither rolled back, failed nor was promoted
     and did not simply reach 100%... a deployment at 100% is finished for ``deploy`` purposes."""
+    return unfinished_of(deployments(records), version)
+
+
+def unfinished_of(deps: dict[str, DeploymentState], version: str | None = None) -> DeploymentState | None:
+    """``unfinished`` of deployments already folded (``deployments``, ``checkpoint.deployments_in``)."""
     latest = None
-    for d in deployments(records).values():
+    for d in deps.values():
         if d.dry_run:
             continue
         if version is not None and d.version != version:
