@@ -10,6 +10,9 @@ temporary directory, writes a canary.toml for it, sets 25% canary, then measures
   (c) engine  in process: an Engine with the real NginxRouter observing at 25%,
               `engine.submit(Intent("rollback", ...))` until the RouterApplied(0%) event.
 
+(a) runs again on the journal of a long-lived install (40 deployments of 240 checks), with and
+without the fold checkpoint beside it (console/core/checkpoint.py).
+
 (a) and (b) run interleaved, run by run, so a load that comes and goes weighs on both alike.
 Between runs 25% is restored with the router directly (not timed).  Targets: (a) median
 <= 1.5x (b) (issue 15: a synchronous rollback path, no asyncio), (c) median <= 3x (b).
@@ -255,6 +258,30 @@ async def measure(env: NginxEnv, toml: Path, runs: int) -> dict[str, Any]:
     return results
 
 
+async def measure_long_journal(b: Bench, deployments_n: int = 40, checks: int = 120) -> dict[str, Any]:
+    """(a) again with the journal of a long-lived install: ``deployments_n`` deployments of
+    2 x ``checks`` checks (240 a deployment: four 15-minute stages at the default 15 s interval,
+    three gates each) before an open one.  Interleaved, run by run: with no fold checkpoint
+    (the first rollback after it is deleted, which folds all and writes one) and with the
+    checkpoint the one before wrote (console/core/checkpoint.py)."""
+    from console.core import checkpoint
+    from console.core.config import load_config
+    from tests.fixtures.journal import long_journal
+
+    jp = load_config(b.toml, environ={}).journal_path
+    jp.unlink(missing_ok=True)
+    long_journal(jp, deployments_n, checks)
+    long_journal(jp, 1, checks, start=deployments_n, open_last=True)
+    size, records = jp.stat().st_size, sum(1 for _ in jp.open("rb"))
+    cold: list[float] = []
+    warm: list[float] = []
+    for _ in range(b.runs):
+        checkpoint.path_for(jp).unlink(missing_ok=True)
+        cold += await b.cli(1)
+        warm += await b.cli(1)
+    return {"records": records, "bytes": size, "no_checkpoint": _stats(cold), "checkpoint": _stats(warm)}
+
+
 # --------------------------------------------------------------------------- nginx in Docker
 
 
@@ -475,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         env = NginxEnv(nginx, backends, upstream, UPSTREAM_NAME, tmp)
         toml = write_canary_toml(tmp / "canary.toml", env, metrics={"source": "scrape"})
         results = asyncio.run(measure(env, toml, args.runs))
+        results["long_journal"] = asyncio.run(measure_long_journal(Bench(env, toml, args.runs)))
         nginx.stop()  # before the container takes the stage: one nginx at a time on this machine
         results["docker"] = {"skipped": "--no-docker"} if args.no_docker else measure_docker(backends, args.runs)
         results["fleet"] = {"skipped": "--no-fleet"} if args.no_fleet else measure_fleet(args.runs)
@@ -532,6 +560,14 @@ def print_table(results: dict[str, Any], runs: int) -> None:
           f"(a) <= {TARGET_CLI_RATIO:g}x (b): {'met' if results['targets']['cli/bare<=1.5'] else 'MISSED'}; "
           f"(c) <= {TARGET_ENGINE_RATIO:g}x (b): "
           f"{'met' if results['targets']['engine/bare<=3'] else 'MISSED'}")
+    lj = results.get("long_journal")
+    if lj:
+        bare = results["bare"]["median_ms"]
+        print(f"  (a) with a long journal ({lj['records']:,} records, {lj['bytes'] / 1e6:.1f} MB; the last deployment open):")
+        for key, label in (("no_checkpoint", "no fold checkpoint yet"), ("checkpoint", "past the fold checkpoint")):
+            x = lj[key]
+            print(f"      {label:<42} median {x['median_ms']:7.1f} ms  p95 {x['p95_ms']:7.1f} ms  "
+                  f"= {x['median_ms'] / bare:.2f}x (b)")
     if skipped:
         print(f"  nginx in Docker: skipped ({skipped})")
     else:
