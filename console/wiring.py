@@ -104,7 +104,8 @@ def build_custom_gates(cfg: Config, source: MetricSource, owns_source: bool = Fa
     m = cfg["metrics"]
     return CustomGates(cfg.custom_gates, PrometheusQueries(source, owns_source=owns_source),
                        canary_value=m["canary_value"], production_value=m["production_value"],
-                       window=window_label(cfg), promql_window=format_duration(cfg.rate_window_s))
+                       window=window_label(cfg), promql_window=format_duration(cfg.rate_window_s),
+                       window_s=cfg.rate_window_s, clock=source.clock)
 
 
 def build_engine(

@@ -292,6 +292,29 @@ async def test_preflight_names_the_gate_and_prometheus_own_error() -> None:
     assert [s for _, s, _ in await checker(FakeReader(default=R(None))).probe()] == ["no data"]
 
 
+async def test_after_a_warm_up_the_window_never_reaches_back_over_it() -> None:
+    """As the built-in gates': while ``$window`` would reach back past the end of the warm-up
+    (``samples_since``), each check asks for the time since it, in whole milliseconds."""
+    import dataclasses
+
+    clock = FakeClock(start=1000.0)
+    g = gate(name="p95", query='p95{v="$version"}[$window]', min_samples_query='sum(increase(n{v="$version"}[$window]))',
+             min_samples=1)
+    reader = FakeReader()
+    c = CustomGates((g,), reader, canary_value="canary", production_value="production", window="5m",
+                    promql_window="300s", window_s=300.0, clock=clock)
+    warmed = dataclasses.replace(CTX, samples_since=clock.monotonic())
+    clock.advance(12.3456)
+    res = await c.check(warmed)
+    assert reader.asked[-1] == ['p95{v="canary"}[12345ms]', 'p95{v="production"}[12345ms]',
+                                'sum(increase(n{v="canary"}[12345ms]))']
+    assert res[0].window == "12.345s" and res[0].extra["query"] == 'p95{v="canary"}[12345ms]'
+    clock.advance(300)  # the whole window is past the warm-up now
+    assert (await c.check(warmed))[0].window == "5m" and reader.asked[-1][0] == 'p95{v="canary"}[300s]'
+    await c.check(CTX)  # no warm-up: the whole window from the first check
+    assert reader.asked[-1][0] == 'p95{v="canary"}[300s]'
+
+
 # --------------------------------------------------------------------------- the engine: same policies as every gate
 
 

@@ -225,11 +225,15 @@ def generate_lines(log: Path, upstream: str) -> list[str]:
     return [ln for ln in text.splitlines() if "/api/generate" in ln and f"upstream={upstream}" in ln]
 
 
+REQUESTS_QUERY = 'sum(increase(http_requests_total{version="$version"}[$window]))'
+
+
 @pytest.mark.slow
 @pytest.mark.real
 def test_the_warm_up_reaches_the_canary_only_and_the_gates_samples_leave_it_out(tmp_path: Path) -> None:
     """With a 30 s rate window that reaches back over the warm-up, every check of the 50% stage
-    counts only the canary requests nginx sent it, in the metric gates and in the analysis."""
+    counts only the canary requests nginx sent it, in the metric gates, the custom gates and
+    the analysis."""
     need_binary("nginx")
     prom_bin = need_binary("prometheus")
     from console.sandbox.traffic import BackgroundTraffic
@@ -253,6 +257,9 @@ def test_the_warm_up_reaches_the_canary_only_and_the_gates_samples_leave_it_out(
             metrics={"source": "prometheus", "rate_window": "30s", "min_requests": 1, "query_timeout": 3.0},
             prometheus={"url": prom.url}, gates={"split": False},
         )
+        with open(toml, "a") as f:  # a custom gate counts the canary's requests in its $window
+            f.write(f"\n[[gates.custom]]\nname = \"requests\"\nquery = {json.dumps(REQUESTS_QUERY)}\n"
+                    "compare = \">=\"\nthreshold = 0\n")
         cfg = load_config(toml, environ={})
         before = {"production": metric_total(prod.metrics_url, "production"),
                   "canary": metric_total(canary.metrics_url, "canary")}
@@ -299,10 +306,16 @@ def test_the_warm_up_reaches_the_canary_only_and_the_gates_samples_leave_it_out(
             assert err["samples"] <= via_nginx + 3 < WARMUP, (err, via_nginx, journal_summary(records, verbose=True))
             seq = gate_of(c, "seq.errors")
             assert seq["extra"]["canary_requests"] <= via_nginx, (seq, via_nginx)
+            custom = gate_of(c, "custom.requests")  # a custom gate's $window is cut at the warm-up too
+            assert custom["value"] is None or custom["value"] <= via_nginx + 3, (custom, via_nginx)
         assert gate_of(checks[-1], "error_rate")["samples"] >= 1
         n = [gate_of(c, "error_rate")["samples"] for c in checks]
         windows = [gate_of(c, "error_rate")["window"] for c in checks]
         seq_n = [gate_of(c, "seq.errors")["extra"]["canary_requests"] for c in checks]
+        custom_n = [gate_of(c, "custom.requests")["value"] for c in checks]
         print(f"warm-up {WARMUP} ({done['settled']}); canary via nginx {via_nginx}; full 30s window at the first "
-              f"check {first_check['full_window']:.1f}; gate n per check {n} windows {windows}; seq canary_requests {seq_n}")
+              f"check {first_check['full_window']:.1f}; gate n per check {n} windows {windows}; seq canary_requests {seq_n}; "
+              f"custom.requests {custom_n}")
         assert gate_of(checks[0], "error_rate")["window"] != "30s"  # the window it judged, cut at the warm-up
+        assert gate_of(checks[0], "custom.requests")["window"] != "30s"
+        assert gate_of(checks[0], "custom.requests")["extra"]["query"].endswith("ms]))")

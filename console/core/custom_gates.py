@@ -287,45 +287,66 @@ class CustomGates:
     name = "custom gates"
 
     def __init__(self, gates: Sequence[CustomGate], reader: QueryReader, *, canary_value: str, production_value: str,
-                 window: str, promql_window: str) -> None:
+                 window: str, promql_window: str, window_s: float = 0.0, clock: Any = None) -> None:
+        """``window_s`` and ``clock`` (its ``monotonic()``): after a warm-up, ``$window`` is cut so
+        that it never reaches back past it (``CheckContext.samples_since``), as the built-in gates'."""
         self.gates = tuple(gates)
         self.reader = reader
         self.window = window
-        self.plans = tuple(
-            _Plan(g, render(g.query, version=canary_value, window=promql_window),
-                  render(g.query, version=production_value, window=promql_window),
-                  render(g.min_samples_query, version=canary_value, window=promql_window) if g.min_samples_query else "")
+        self.window_s, self.clock = window_s, clock
+        self.values = (canary_value, production_value)
+        self.plans = self._plans(promql_window)
+        self.last: list[GateResult] = []
+
+    def _plans(self, promql_window: str) -> tuple[_Plan, ...]:
+        canary, production = self.values
+        return tuple(
+            _Plan(g, render(g.query, version=canary, window=promql_window),
+                  render(g.query, version=production, window=promql_window),
+                  render(g.min_samples_query, version=canary, window=promql_window) if g.min_samples_query else "")
             for g in self.gates
         )
-        self.last: list[GateResult] = []
+
+    def _window_for(self, ctx: CheckContext) -> tuple[tuple[_Plan, ...], str]:
+        """The plans and the window of this check: the whole ``$window``, or, while it would reach
+        back over the warm-up, the time since it in whole milliseconds."""
+        if not (ctx.samples_since and self.clock is not None and self.window_s):
+            return self.plans, self.window
+        ms = math.floor(max(0.0, min(self.window_s, self.clock.monotonic() - ctx.samples_since)) * 1000)
+        if ms >= self.window_s * 1000:
+            return self.plans, self.window
+        return self._plans(f"{max(1, ms)}ms"), f"{ms / 1000:g}s"
 
     def describe(self) -> str:
         return f"{self.reader.describe()}; custom gates: " + ", ".join(
             f"{g.name} ({g.condition()}{', critical' if g.critical else ''})" for g in self.gates)
 
-    def _queries(self) -> list[str]:
+    @staticmethod
+    def _queries(plans: Sequence[_Plan]) -> list[str]:
         out: list[str] = []
-        for p in self.plans:
+        for p in plans:
             out += [p.canary, p.production] + ([p.samples] if p.samples else [])
         return out
 
-    async def _read(self) -> list[tuple[_Plan, Reading, Reading, Reading | None]]:
-        readings = iter(await self.reader.read(self._queries()))
-        return [(p, next(readings), next(readings), next(readings) if p.samples else None) for p in self.plans]
+    async def _read(self, plans: Sequence[_Plan] | None = None) -> list[tuple[_Plan, Reading, Reading, Reading | None]]:
+        plans = self.plans if plans is None else plans
+        readings = iter(await self.reader.read(self._queries(plans)))
+        return [(p, next(readings), next(readings), next(readings) if p.samples else None) for p in plans]
 
     async def begin_stage(self, ctx: CheckContext) -> Sequence[dict[str, Any]]:
         return [{"level": "info", "message": self.describe(),
                  "data": {"source": self.reader.kind, "window": self.window, "gates": [g.gate for g in self.gates]}}]
 
     async def check(self, ctx: CheckContext) -> list[GateResult]:
+        plans, window = self._window_for(ctx)
         try:
-            read = await self._read()
+            read = await self._read(plans)
         except Exception as e:  # a reader bug must show as ERROR, never as a pass
             reason = f"{self.reader.kind} custom-gate queries failed: {type(e).__name__}"
-            self.last = [GateResult(g.gate, ERROR, window=self.window, critical=g.critical, detail=reason) for g in self.gates]
+            self.last = [GateResult(g.gate, ERROR, window=window, critical=g.critical, detail=reason) for g in self.gates]
             return self.last
         self.last = [
-            judge_custom(p.gate, c, pr, s, window=self.window,
+            judge_custom(p.gate, c, pr, s, window=window,
                          extra={"source": self.reader.kind, "query": p.canary,
                                 **({"samples_query": p.samples} if p.samples else {})})
             for p, c, pr, s in read
