@@ -295,6 +295,8 @@ def test_a_fleet_in_dynamic_mode_moves_every_host_without_a_reload_and_puts_ever
     ({"mode": "dynamic", "dynamic_listen": ""}, "dynamic_listen = '' is not valid"),
     ({"mode": "dynamic", "canary": "app:8001"}, "canary = 'app:8001' is not valid with mode = \"dynamic\""),
     ({"mode": "dynamic", "dynamic_url": "ftp://x"}, "dynamic_url"),
+    ({"mode": "dynamic", "dynamic_listen": "127.0.0.1:8091", "verify_listen": "localhost:8091"},
+     "dynamic_listen = '127.0.0.1:8091' is verify_listen's address too; allowed: two different loopback ports"),
 ])
 def test_bad_dynamic_settings_exit_2_with_one_line_and_change_nothing(tmp_path, nginx_env, nginx, needle) -> None:
     cfg = write_canary_toml(tmp_path / "canary.toml", nginx_env, nginx=nginx)

@@ -699,10 +699,17 @@ def _check_dynamic_listen(n: dict[str, Any], where: str) -> None:
     if n["mode"] != "dynamic":
         return
     try:
-        parse_loopback_listen(n["dynamic_listen"])
+        dynamic = parse_loopback_listen(n["dynamic_listen"])
     except ValueError as e:
         raise ConfigError(f"{where} dynamic_listen = {n['dynamic_listen']!r} is not valid ({e}); "
                           f"allowed: {LOOPBACK_LISTEN_ALLOWED} (mode = \"dynamic\" needs it)") from None
+    try:
+        same = bool(n.get("verify_listen")) and parse_loopback_listen(n["verify_listen"]) == dynamic
+    except ValueError:
+        same = False  # verify_listen's own check names it
+    if same:  # two server blocks on one address: nginx answers both from the first
+        raise ConfigError(f"{where} dynamic_listen = {n['dynamic_listen']!r} is verify_listen's address too; "
+                          "allowed: two different loopback ports")
     import ipaddress
 
     for key in ("production", "canary"):
