@@ -11,7 +11,7 @@ import pytest
 
 from console.core import events as ev
 from console.core.journal import Journal, read_records
-from console.core.state import deployments, last_applied_weight, unfinished
+from console.core.state import UNCONFIRMED, deployments, last_applied_weight, router_truth, unfinished
 from tests.fixtures.journal import long_journal
 
 
@@ -85,6 +85,13 @@ def test_the_fold_checkpoint_gives_the_whole_journals_answer_and_only_reads_past
                  ev.StageStarted(index=2, weight=25, total=4, deployment_id="d2", version="v1.2.0"))
     whole = deployments(read_records(p))
     assert checkpoint.deployments_in(p) == whole and list(checkpoint.deployments_in(p)) == list(whole)
+    with Journal(p) as j:  # a change nobody confirmed, after the checkpoint: status must say so
+        j.append(ev.RouterIntent(weight=25, deployment_id="d2", version="v1.2.0"))
+    truth = router_truth(read_records(p))
+    assert truth.state == UNCONFIRMED and truth.pending_weight == 25 and truth.confirmed_weight == 0
+    folded = checkpoint.fold_in(p)
+    assert folded.truth == truth and folded.deployments == deployments(read_records(p))
+    whole = folded.deployments
     assert whole["d2"].index == 2 and whole["d2"].state == "observing"
     # the records before the checkpoint are not read again: spoil them, the answer stays
     with open(p, "r+b") as f:
@@ -108,7 +115,8 @@ def test_a_checkpoint_that_no_longer_describes_the_journal_is_not_used(tmp_path)
         p.unlink()
         write_journal()
         checkpoint.path_for(p).write_bytes(saved)
-        assert checkpoint.deployments_in(p, refresh=10**9) == deployments(read_records(p))
+        folded = checkpoint.fold_in(p, refresh=10**9)
+        assert folded.deployments == deployments(read_records(p)) and folded.truth == router_truth(read_records(p))
 
     fresh(lambda: long_journal(p, 8, 20, start=10))  # another journal, longer than the checkpoint's offset
     fresh(lambda: long_journal(p, 1, 2, start=20))  # a journal cut shorter
@@ -118,4 +126,5 @@ def test_a_checkpoint_that_no_longer_describes_the_journal_is_not_used(tmp_path)
     for spoiled in (b"{", b"[]", b'{"offset": "x"}', json.dumps(other_fold).encode()):
         p.write_bytes(journal)  # the very journal it was written for
         checkpoint.path_for(p).write_bytes(spoiled)
-        assert checkpoint.deployments_in(p, refresh=10**9) == deployments(read_records(p))
+        folded = checkpoint.fold_in(p, refresh=10**9)
+        assert folded.deployments == deployments(read_records(p)) and folded.truth == router_truth(read_records(p))

@@ -18,10 +18,9 @@ from console.core import events as ev
 from console.core import manual
 from console.core.config import normalize_weight
 from console.core.exits import ExitCode
-from console.core.journal import read_records
 from console.core.lock import DriverLock, LockHeld, lock_path_for
 from console.core.routing import RouterError
-from console.core.state import NO_CHANGE, UNCONFIRMED, RouterTruth, router_truth
+from console.core.state import NO_CHANGE, UNCONFIRMED, RouterTruth
 from console.wiring import build_quick_router, build_router
 
 
@@ -104,15 +103,15 @@ def _incident_report(cfg: Any, deployment_id: str) -> None:
 
 
 def run_status(args: argparse.Namespace, cfg: Any) -> int:
+    from console.core.checkpoint import fold_in
     from console.core.lock import describe_holder, is_held, read_holder
-    from console.core.state import deployments
 
     router = build_router(cfg)
     weight = router.current_weight()
-    records = list(read_records(cfg.journal_path))
-    truth = router_truth(records)
+    folded = fold_in(cfg.journal_path)  # the journal's checkpoint and what came after it
+    truth = folded.truth
     hosts = _fleet_hosts(router, truth)  # [] for one nginx
-    deps = deployments(records)
+    deps = folded.deployments
     last = list(deps.values())[-1] if deps else None
     lp = lock_path_for(cfg.journal_path)
     holder = read_holder(lp) if is_held(lp) else None

@@ -271,10 +271,13 @@ class RouterTruth:
         return self.state != UNCONFIRMED and file_weight is not None and file_weight == self.confirmed_weight
 
 
-def router_truth(records: Iterable[dict[str, Any]]) -> RouterTruth:
-    """Fold every router record of a journal (any deployment, dry runs aside)."""
-    confirmed: int | None = None
+def router_truth(records: Iterable[dict[str, Any]], initial: RouterTruth | None = None) -> RouterTruth:
+    """Fold every router record of a journal (any deployment, dry runs aside); ``initial``: the
+    truth of the records before these (``checkpoint``)."""
+    confirmed: float | None = None
     state, pending, detail = NO_CHANGE, None, ""
+    if initial is not None:
+        confirmed, state, pending, detail = initial.confirmed_weight, initial.state, initial.pending_weight, initial.detail
     for rec in records:
         if rec.get("dry_run"):
             continue
