@@ -312,8 +312,10 @@ class CustomGates:
         back over the warm-up, the time since it in whole milliseconds."""
         if not (ctx.samples_since and self.clock is not None and self.window_s):
             return self.plans, self.window
-        ms = math.floor(max(0.0, min(self.window_s, self.clock.monotonic() - ctx.samples_since)) * 1000)
-        if ms >= self.window_s * 1000:
+        from console.core.protocols import window_after  # here: at load this module imports only the events (config)
+
+        ms = window_after(self.window_s, self.clock.monotonic() - ctx.samples_since)
+        if ms is None:
             return self.plans, self.window
         return self._plans(f"{max(1, ms)}ms"), f"{ms / 1000:g}s"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -63,6 +64,14 @@ class CheckContext:
     # clock.monotonic() after the warm-up (and after the metric source showed it): no sample from
     # before it may count, so a window never reaches back past it (0.0 = no warm-up, no limit)
     samples_since: float = 0.0
+
+
+def window_after(window_s: float, elapsed: float) -> int | None:
+    """A rate window of ``window_s`` seconds cut so that it reaches back no more than ``elapsed``
+    seconds (the time since ``CheckContext.samples_since``): whole milliseconds, rounded down;
+    None while the whole window fits."""
+    ms = math.floor(max(0.0, min(window_s, elapsed)) * 1000)
+    return ms if ms < window_s * 1000 else None
 
 
 class Checker(Protocol):

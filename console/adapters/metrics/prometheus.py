@@ -38,7 +38,15 @@ from console.core.config import (
     parse_duration,
     prometheus_auth_problem,
 )
-from console.core.protocols import FRESH_FOR, CounterSnapshot, MetricsUnavailable, VersionCounters, VersionStats, WindowStats
+from console.core.protocols import (
+    FRESH_FOR,
+    CounterSnapshot,
+    MetricsUnavailable,
+    VersionCounters,
+    VersionStats,
+    WindowStats,
+    window_after,
+)
 
 TOKEN_ENV, USER_ENV, PASSWORD_ENV = PROMETHEUS_TOKEN_ENV, PROMETHEUS_USER_ENV, PROMETHEUS_PASSWORD_ENV  # core's names
 
@@ -258,8 +266,8 @@ class PrometheusSource:
             window, q = self.window_s, self.queries
             if since:
                 # never reach back past ``since`` (the end of the warm-up): whole milliseconds, rounded down
-                ms = math.floor(max(0.0, min(self.window_s, self.clock.monotonic() - since)) * 1000)
-                if ms < self.window_s * 1000:
+                ms = window_after(self.window_s, self.clock.monotonic() - since)
+                if ms is not None:
                     window, q = ms / 1000, build_queries(self.names, ms / 1000, promql_window=f"{max(1, ms)}ms")
             vectors = await self._batch(
                 "window query", [q.requests, q.error_ratio, q.p95, q.schema_failures, q.rl_loss]
