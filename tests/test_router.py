@@ -18,6 +18,7 @@ from console.sandbox.nginx_local import LocalNginx
 from tests.fixtures.backends import Backends
 from tests.fixtures.nginx import (
     INITIAL_GENERATION,
+    UPSTREAM_NAME,
     NginxEnv,
     fail_command,
     get_text,
@@ -314,6 +315,19 @@ def test_start_reports_nginx_error(tmp_path: Path) -> None:
     bad.write_text("upstream fragrance_app { server 127.0.0.1:99999; }\n")
     nginx = LocalNginx(tmp_path / "prefix", free_port(), bad)
     with pytest.raises(RuntimeError, match="invalid port"):
+        nginx.start()
+    assert nginx.pid is None
+
+
+def test_a_port_another_server_answers_on_is_a_start_error_not_a_start(tmp_path: Path, backends: Backends) -> None:
+    """The port was free when picked, then taken: this nginx cannot bind it.  The other server's
+    answers must not pass for nginx's (its pid file never names it): start says why instead."""
+    need_binary("nginx")
+    taken = int(backends.production.address.rpartition(":")[2])  # an HTTP server answers there
+    up = tmp_path / "upstream.conf"
+    up.write_text(render_upstream(UPSTREAM_NAME, backends.production.address, backends.canary.address, 0, "g"))
+    nginx = LocalNginx(tmp_path / "prefix", taken, up, upstream_name=UPSTREAM_NAME)
+    with pytest.raises(RuntimeError, match="Address already in use"):
         nginx.start()
     assert nginx.pid is None
 

@@ -214,7 +214,11 @@ class LocalNginx:
         return self.conf_path
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start nginx and return once it answers on its port; NginxStartError otherwise."""
+        """Start nginx and return once it answers on its port; NginxStartError otherwise.
+
+        The answer counts only once the pid file names this master (it writes it before any
+        worker runs): a port someone else took in the meantime answers too, while this nginx
+        fails to bind it and exits (its error log says so)."""
         if self._proc is not None:
             raise RuntimeError("this LocalNginx is already started")
         self.write_conf()
@@ -231,7 +235,7 @@ class LocalNginx:
             while True:
                 if self._proc.poll() is not None:
                     raise NginxStartError(f"nginx exited with {self._proc.returncode} on start: {self.error_tail()}")
-                if self._answers():
+                if self._pid_written() and self._answers():
                     return
                 if time.monotonic() > deadline:
                     raise NginxStartError(f"nginx did not answer on {self.url} within {timeout:g}s: {self.error_tail()}")
@@ -239,6 +243,12 @@ class LocalNginx:
         except BaseException:
             self.stop()
             raise
+
+    def _pid_written(self) -> bool:
+        try:
+            return self.pid_file.read_text().strip() == str(self._proc.pid if self._proc else "")
+        except OSError:
+            return False
 
     def _answers(self) -> bool:
         try:
