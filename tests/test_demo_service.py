@@ -223,6 +223,14 @@ def test_traffic_counts_what_the_service_served(demo_services: Callable[..., Dem
     assert served == 40
 
 
+def test_paced_traffic_sends_every_mode_in_turn(demo_services: Callable[..., DemoService]) -> None:
+    """The demo's probe on the canary (stack.Probes): as many of each mode as asked, not a draw."""
+    svc = demo_services("canary")
+    gen = TrafficGenerator(svc.url, rps=200, mix={"fast": 1, "creative": 1, "balanced": 1}, seed=7, paced=True)
+    st = asyncio.run(gen.run(max_requests=30, duration=30))
+    assert st.sent == 30 and st.ok == 30 and st.by_mode == {"fast": 10, "creative": 10, "balanced": 10}
+
+
 def test_traffic_bounds_in_flight_requests(demo_services: Callable[..., DemoService]) -> None:
     svc = demo_services("canary", args=["--latency", "0.5"])
     gen = TrafficGenerator(svc.url, rps=200, seed=3, max_in_flight=4, drain=5)

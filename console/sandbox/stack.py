@@ -224,6 +224,6 @@ class Probes:
         from console.sandbox.traffic import BackgroundTraffic
 
         bg = BackgroundTraffic(self.canary_url, rps=self.rps, mix=dict.fromkeys(MODES, 1.0), max_seconds=7 * 24 * 3600,
-                               drain=1.0, timeout=10.0)
+                               drain=1.0, timeout=10.0, paced=True)
         self.sb.on_close(bg.stop)
         bg.start()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import random
 import sys
@@ -76,7 +77,10 @@ class TrafficGenerator:
         timeout: float = 15.0,
         path: str = "/api/generate",
         drain: float = 5.0,
+        paced: bool = False,
     ) -> None:
+        """``paced``: one request every 1/rps seconds, the modes in turn (a probe), instead of
+        Poisson arrivals with a mode drawn from ``mix`` (users)."""
         if not rps > 0:
             raise ValueError(f"rps {rps!r} is not valid; allowed: a number > 0")
         if max_in_flight < 1:
@@ -91,6 +95,7 @@ class TrafficGenerator:
         self.stats = TrafficStats()
         self._modes = list(self.mix)
         self._weights = [self.mix[m] for m in self._modes]
+        self._turns = itertools.cycle(self._modes) if paced else None
 
     def set_rps(self, rps: float) -> None:
         """Change the rate while running (the demo's traffic knob)."""
@@ -99,7 +104,7 @@ class TrafficGenerator:
         self.rps = float(rps)
 
     def _body(self) -> dict[str, Any]:
-        mode = self.rng.choices(self._modes, self._weights)[0]
+        mode = next(self._turns) if self._turns is not None else self.rng.choices(self._modes, self._weights)[0]
         return {"mode": mode, "notes": self.rng.sample(NOTES, self.rng.randint(1, 3))}
 
     async def _one(self, client: Any, body: dict[str, Any]) -> None:
@@ -153,7 +158,7 @@ class TrafficGenerator:
                     else:
                         await asyncio.sleep(wait)
                     continue
-                next_at += self.rng.expovariate(self.rps)
+                next_at += 1 / self.rps if self._turns is not None else self.rng.expovariate(self.rps)
                 if len(in_flight) >= self.max_in_flight:
                     st.dropped += 1
                     continue
