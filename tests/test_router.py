@@ -327,9 +327,12 @@ def test_a_port_another_server_answers_on_is_a_start_error_not_a_start(tmp_path:
     up = tmp_path / "upstream.conf"
     up.write_text(render_upstream(UPSTREAM_NAME, backends.production.address, backends.canary.address, 0, "g"))
     nginx = LocalNginx(tmp_path / "prefix", taken, up, upstream_name=UPSTREAM_NAME)
-    with pytest.raises(RuntimeError, match="Address already in use"):
-        nginx.start()
-    assert nginx.pid is None
+    try:
+        with pytest.raises(RuntimeError, match="Address already in use"):
+            nginx.start()
+        assert nginx.pid is None
+    finally:
+        nginx.stop()  # had start() returned, its nginx would bind the port once the backend lets go
 
 
 def _is_zombie_of_init(pid: int) -> bool:
