@@ -38,9 +38,11 @@ m = re.search(r"^# canary-weight: (\d+)$", text, re.M)
 once = os.path.join(state, "armed-once")
 if m and m.group(1) == weight and not os.path.exists(once):
     open(once, "w").close()
+    r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.setsid()
+        os.setsid()  # out of the engine's process group before late.pid names it
+        os.write(w, b"1")
         fd = os.open(os.devnull, os.O_RDWR)
         for i in (0, 1, 2):
             os.dup2(fd, i)
@@ -48,7 +50,11 @@ if m and m.group(1) == weight and not os.path.exists(once):
         subprocess.run(real)
         open(os.path.join(state, "landed"), "w").close()
         os._exit(0)
-    open(os.path.join(state, "late.pid"), "w").write(str(pid))
+    os.read(r, 1)
+    tmp = os.path.join(state, "late.pid.tmp")
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.replace(tmp, os.path.join(state, "late.pid"))  # whole, or not there
     sys.exit(0)
 sys.exit(subprocess.run(real).returncode)
 """
