@@ -21,7 +21,7 @@ from console.core.journal import Journal, read_records
 from console.core.lock import DriverLock, LockHeld, lock_path_for
 from console.core.manual import router_change
 from console.core.routing import RouterError
-from console.core.state import events_of, fold, last_applied_weight, unfinished_of
+from console.core.state import last_applied_weight, unfinished_of
 
 
 def run(args: argparse.Namespace, cfg: Any) -> int:
@@ -96,10 +96,8 @@ def _deploy_locked(args: argparse.Namespace, cfg: Any, version: str, start_index
             if open_dep is None:
                 err(f"nothing to resume: no unfinished deployment of {version} in {cfg.journal_path}")
                 return ExitCode.PRECONDITION
-            records = list(read_records(cfg.journal_path))
-            dep_events = events_of(records, open_dep.deployment_id)
-            st = fold(dep_events)
-            _say_engine_lost(st)
+            _say_engine_lost(open_dep)
+            records = read_records(cfg.journal_path)
             journaled = last_applied_weight(r for r in records if r.get("deployment_id") == open_dep.deployment_id)
             if journaled is None:
                 journaled = 0
@@ -125,7 +123,7 @@ def _deploy_locked(args: argparse.Namespace, cfg: Any, version: str, start_index
             if journaled in stages:
                 start_index = stages.index(journaled)
             else:
-                start_index = max(st.index, 0)
+                start_index = max(open_dep.index, 0)
             resumed, deployment_id = True, open_dep.deployment_id
         elif not args.skip_checks and not args.dry_run:
             code = _prechecks(cfg, version)
