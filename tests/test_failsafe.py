@@ -41,7 +41,7 @@ if m and m.group(1) == weight and not os.path.exists(once):
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        os.setsid()  # out of the engine's process group before late.pid names it
+        os.setsid()  # a group of its own first: the test kills it with killpg(late.pid)
         os.write(w, b"1")
         fd = os.open(os.devnull, os.O_RDWR)
         for i in (0, 1, 2):

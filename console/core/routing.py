@@ -25,9 +25,8 @@ class RouterError(Exception):
 
 
 def file_weight(router: TrafficRouter) -> float | None:
-    """What the router's file holds now, or None when it
-    cannot be read: on the way to a safe state an unreadable file is reported as unknown, never
-    raised again."""
+    """What the router's file holds now, or None when it cannot be read: on the way to a safe
+    state an unreadable file is reported as unknown, never raised again."""
     try:
         return router.current_weight()
     except Exception:
